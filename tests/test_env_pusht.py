@@ -1,0 +1,153 @@
+import numpy as np
+import pytest
+
+from wmplan.envs.pusht import (
+    AGENT_COLOR,
+    BACKGROUND,
+    SUCCESS_ANGLE,
+    T_FILL,
+    WALL_HI,
+    WALL_LO,
+    Pusher,
+    PushTEnv,
+    block_center,
+)
+
+
+def state(agent, block, angle=0.0, agent_velocity=(0.0, 0.0)) -> np.ndarray:
+    return np.array([*agent, *block, angle, *agent_velocity, 0.0, 0.0, 0.0])
+
+
+@pytest.fixture(scope="module")
+def env():
+    return PushTEnv()
+
+
+def test_t_block_matches_dino_wm_geometry(env):
+    env.set_state(state((100, 100), (256, 300)))
+    assert env.block.mass == 1.0
+    # Two boxes, 120 x 30 and 30 x 90: area 6300; centre of mass 45 px below the bar's top.
+    assert sum(s.area for s in env.block_shapes) == pytest.approx(6300)
+    np.testing.assert_allclose(block_center(env.get_state()), [256, 345])
+    assert all(s.friction == 1.0 for s in env.block_shapes)
+
+
+def test_pushing_moves_the_block_and_far_moves_do_not(env):
+    # The agent left of the bar, pushing right: the block follows.
+    s = state((170, 315), (256, 300))
+    after = env.simulate(s, np.tile([0.5, 0.0], (10, 1)))[-1]
+    assert after[2] - s[2] > 40
+    assert after[0] > s[0] + 100
+    # Moving away from the block leaves it exactly where it was.
+    away = env.simulate(s, np.tile([-0.3, 0.0], (10, 1)))[-1]
+    np.testing.assert_array_equal(away[2:5], s[2:5])
+
+
+def test_pd_controller_tracks_relative_target(env):
+    # PD control toward agent + 100 * action (k_p 100, k_v 20), ten 0.01 s substeps:
+    # semi-implicit Euler, the velocity update first, then pymunk moves the agent.
+    x, v = 100.0, 0.0
+    for _ in range(10):
+        v += 0.01 * (100 * (150.0 - x) - 20 * v)
+        x += 0.01 * v
+    after = env.simulate(state((100, 100), (400, 400)), [[0.5, 0.0]])[-1]
+    assert after[0] == pytest.approx(x) and after[5] == pytest.approx(v)
+    assert after[1] == 100 and after[6] == 0
+    assert 10 < x - 100 < 20  # about a quarter of the way: the agent lags its target
+
+
+def test_agent_stays_inside_the_walls(env):
+    rng = np.random.default_rng(0)
+    s = state((30, 30), (300, 300))
+    path = env.simulate(s, np.clip(rng.normal(-0.5, 0.5, (100, 2)), -1, 1))
+    assert path[:, :2].min() > WALL_LO and path[:, :2].max() < WALL_HI
+
+
+def test_step_is_a_function_of_the_state(env):
+    """``step`` from a restored state and ``simulate`` agree exactly, even in contact."""
+    s = state((170, 315), (256, 300))
+    actions = np.tile([0.5, 0.1], (6, 1))
+    expected = env.simulate(s, actions)
+    env.reset(options={"state": s})
+    env.step(actions[0])
+    env.step(actions[1])  # contact has built up solver state by now
+    resumed = env.get_state()
+    env.set_state(resumed)
+    for a in actions[2:]:
+        env.step(a)
+    np.testing.assert_array_equal(env.get_state(), expected[-1])
+
+
+def test_round_trip_is_exact(env):
+    rng = np.random.default_rng(1)
+    start, _ = env.sample_start_and_goal(rng)
+    for s in env.simulate(start, rng.uniform(-1, 1, (30, 2))):
+        env.set_state(s)
+        np.testing.assert_array_equal(env.get_state(), s)
+
+
+def test_success_rule(env):
+    goal = state((200, 200), (300, 300), angle=1.0)
+    assert env.evaluate(goal, goal) == {"success": True, "distance": 0.0}
+    assert env.evaluate(goal + [15, 0, 0, 0, 0, 0, 0, 0, 0, 0], goal)["success"]
+    assert not env.evaluate(goal + [15, 0, 15, 0, 0, 0, 0, 0, 0, 0], goal)["success"]  # 21.2 px
+    assert not env.evaluate(goal + [0, 0, 0, 0, SUCCESS_ANGLE + 0.01, 0, 0, 0, 0, 0], goal)["success"]
+    assert env.evaluate(goal + [0, 0, 0, 0, 2 * np.pi - 0.1, 0, 0, 0, 0, 0], goal)["success"]  # wrapped
+    far = env.evaluate(state((50, 50), (100, 100)), goal)
+    assert not far["success"] and far["distance"] > 200
+
+
+def test_sample_start_and_goal(env):
+    starts, goals = zip(*[env.sample_start_and_goal(np.random.default_rng(i)) for i in range(12)])
+    again = env.sample_start_and_goal(np.random.default_rng(0))
+    np.testing.assert_array_equal(again[0], starts[0])
+    np.testing.assert_array_equal(again[1], goals[0])
+    for s in starts:
+        assert 50 <= s[0] <= 450 and 100 <= s[2] <= 400 and np.all(s[5:] == 0)
+    moved = [np.linalg.norm(block_center(g) - block_center(s)) > 5 for s, g in zip(starts, goals)]
+    assert np.mean(moved) >= 0.75  # the 25-step pusher goal moves the block
+
+
+def test_pusher_moves_the_block_in_most_episodes(env):
+    moved = 0
+    for episode in range(10):
+        rng = np.random.default_rng(episode)
+        start, _ = env.sample_start_and_goal(rng)
+        env.set_state(start)
+        pusher = Pusher(rng, noise=0.2)
+        for _ in range(60):
+            env._apply_action(env._check_action(pusher(env.get_state())))
+        moved += np.linalg.norm(block_center(env.get_state()) - block_center(start)) > 5
+    assert moved >= 8
+
+
+@pytest.mark.parametrize("resolution", [64, 224])
+def test_render_draws_agent_block_and_background(resolution):
+    env = PushTEnv(resolution=resolution)
+    s = state((100, 400), (300, 200))
+    before = env.get_state()
+    image = env.render_state(s)
+    np.testing.assert_array_equal(env.get_state(), before)  # render_state restores the state
+    assert image.shape == (resolution, resolution, 3) and image.dtype == np.uint8
+    px = lambda xy: tuple(int(v * resolution / 512) for v in xy[::-1])  # noqa: E731 world -> (row, col)
+    assert np.abs(image[px((100, 400))].astype(int) - AGENT_COLOR).max() <= 10
+    assert np.abs(image[px((300, 280))].astype(int) - T_FILL).max() <= 10  # in the stem
+    assert np.all(image[px((100, 100))] == BACKGROUND)
+
+
+def test_determinism_and_bad_actions():
+    a, b = PushTEnv(), PushTEnv()
+    obs_a, info_a = a.reset(seed=7)
+    obs_b, info_b = b.reset(seed=7)
+    np.testing.assert_array_equal(info_a["state"], info_b["state"])
+    np.testing.assert_array_equal(obs_a["pixels"], obs_b["pixels"])
+    assert obs_a["proprio"].dtype == np.float32 and obs_a["proprio"].shape == (4,)
+    np.testing.assert_array_equal(obs_a["proprio"], info_a["state"][[0, 1, 5, 6]].astype(np.float32))
+    with pytest.raises(ValueError, match="shape"):
+        a.step(np.zeros(4))
+    with pytest.raises(ValueError, match="NaN"):
+        a.step(np.array([0.0, np.nan]))
+    with pytest.raises(ValueError, match="state"):
+        a.set_state(np.zeros(7))
+    with pytest.raises(ValueError, match="noise"):
+        Pusher(np.random.default_rng(0), noise=-1)

@@ -1,0 +1,168 @@
+"""Latent cache: every frame of a dataset encoded once by a codec, stored on disk.
+
+A cache folder holds `latents.npy` (float16 [N, C, h, w], memory-mapped on read),
+`keys.npy` (int64 [N, 2]: episode, env step of each row) and `meta.json`. Its name is a
+hash of the codec's fingerprint (name, settings, weights) and of a sample of the
+dataset's frames, so another codec or a re-collected dataset never reads a stale cache.
+Folders are written under a temporary name and renamed: a cache is complete or absent.
+
+`LatentClipDataset` wraps a `ClipDataset` and adds `latents [T, C, h, w]` to its items.
+From `ClipDataset` it uses only the public API: the constructor arguments (kept as the
+attributes `path`, `frameskip`, `val_fraction`, `seed`), `len`, and items with
+`pixels`, `episode` and `start` (env step of the first frame).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import ConcatDataset, Dataset
+
+from wmplan.models.codecs import LatentCodec
+
+CACHE_VERSION = 1
+STAMP_FRAMES = 64  # frames hashed to recognise a dataset (with its frame count and keys)
+
+
+class LatentCache:
+    """Read side of a finished cache folder."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        try:
+            self.meta = json.loads((self.folder / "meta.json").read_text())
+            self.latents = np.load(self.folder / "latents.npy", mmap_mode="r")  # [N, C, h, w] float16
+            keys = np.load(self.folder / "keys.npy")  # [N, 2] (episode, step)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"latent cache {self.folder} is unreadable: {e}") from e
+        if len(keys) != len(self.latents) or self.meta.get("version") != CACHE_VERSION:
+            raise ValueError(f"latent cache {self.folder} is inconsistent (rows or version)")
+        packed = _pack(keys[:, 0], keys[:, 1])
+        self._order = np.argsort(packed, kind="stable")
+        self._sorted = packed[self._order]
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        return tuple(self.latents.shape[1:])
+
+    def rows(self, episode: int, steps: np.ndarray) -> np.ndarray:
+        """Row indices of (episode, step) for each step; KeyError if a frame is not cached."""
+        want = _pack(np.full_like(steps, episode), steps)
+        pos = np.minimum(np.searchsorted(self._sorted, want), len(self._sorted) - 1)
+        missing = self._sorted[pos] != want
+        if missing.any():
+            step = int(np.asarray(steps)[missing][0])
+            raise KeyError(f"frame (episode {episode}, step {step}) is not in latent cache {self.folder}")
+        return self._order[pos]
+
+
+def open_latent_cache(
+    frames: Sequence[dict], codec: LatentCodec, cache_dir: str | Path, batch_size: int = 256
+) -> LatentCache:
+    """The cache of `frames` (one-frame items with pixels [1, H, W, 3], episode, start)
+    under `codec`, building it on first use."""
+    key = hashlib.sha256(f"{codec.fingerprint()}:{_dataset_stamp(frames)}".encode()).hexdigest()
+    folder = Path(cache_dir) / f"{codec.cfg.name}-{key[:20]}"
+    if not folder.is_dir():
+        _build(frames, codec, folder, batch_size, key)
+    cache = LatentCache(folder)
+    if cache.meta["key"] != key or cache.latent_shape != codec.latent_shape:
+        raise ValueError(f"latent cache {folder} does not belong to this codec and dataset; delete it")
+    return cache
+
+
+class LatentClipDataset(Dataset):
+    """ClipDataset items with `latents` float32 [T, C, h, w] from the cache; pixels dropped
+    unless `keep_pixels` (validation decodes predictions against them)."""
+
+    def __init__(
+        self,
+        clips: Dataset,
+        codec: LatentCodec,
+        keep_pixels: bool = False,
+        cache_dir: str | Path | None = None,
+        batch_size: int = 256,
+    ):
+        self.clips = clips
+        self.keep_pixels = keep_pixels
+        if cache_dir is None:
+            if not Path(clips.path).is_dir():
+                raise ValueError(f"dataset path {clips.path} is not a folder; pass cache_dir")
+            cache_dir = Path(clips.path) / "latents"
+        self.cache = open_latent_cache(all_frames(clips), codec, cache_dir, batch_size)
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, index: int) -> dict:
+        item = dict(self.clips[index])
+        pixels = item["pixels"] if self.keep_pixels else item.pop("pixels")
+        steps = int(item["start"]) + self.clips.frameskip * np.arange(len(pixels))
+        rows = self.cache.rows(int(item["episode"]), steps)
+        item["latents"] = torch.from_numpy(self.cache.latents[rows].astype(np.float32))  # [T, C, h, w]
+        return item
+
+
+def all_frames(clips: Dataset) -> Dataset:
+    """Every frame of `clips`' dataset, both splits, as one-frame items (same class and split)."""
+    make = type(clips)
+    return ConcatDataset(
+        [
+            make(clips.path, num_frames=1, frameskip=1, split=split, val_fraction=clips.val_fraction, seed=clips.seed)
+            for split in ("train", "val")
+        ]
+    )
+
+
+def _build(frames: Sequence[dict], codec: LatentCodec, folder: Path, batch_size: int, key: str) -> None:
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{folder.name}-", dir=folder.parent))
+    try:
+        n = len(frames)
+        latents = np.lib.format.open_memmap(tmp / "latents.npy", "w+", np.float16, (n, *codec.latent_shape))
+        keys = np.empty((n, 2), np.int64)
+        for lo in range(0, n, batch_size):
+            items = [frames[i] for i in range(lo, min(lo + batch_size, n))]
+            pixels = torch.cat([torch.as_tensor(item["pixels"]) for item in items])  # [b, H, W, 3]
+            z = codec.encode(pixels[None])[0].cpu()  # [b, C, h, w]
+            if not torch.isfinite(z.half()).all():
+                raise ValueError(f"codec {codec.cfg.name!r} latents overflow float16; cannot cache them")
+            latents[lo : lo + len(items)] = z.half().numpy()
+            keys[lo : lo + len(items)] = [(int(item["episode"]), int(item["start"])) for item in items]
+        latents.flush()
+        del latents
+        np.save(tmp / "keys.npy", keys)
+        meta = {"version": CACHE_VERSION, "key": key, "codec": codec.cfg.name, "frames": n, "latent_shape": codec.latent_shape}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        try:
+            os.replace(tmp, folder)
+        except OSError:
+            if not folder.is_dir():  # a concurrent builder (another rank) finishing first is fine
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _dataset_stamp(frames: Sequence[dict]) -> str:
+    """Frame count plus the keys and pixels of evenly spaced frames."""
+    n = len(frames)
+    if n == 0:
+        raise ValueError("cannot cache latents of an empty dataset")
+    h = hashlib.sha256(str(n).encode())
+    for i in np.unique(np.linspace(0, n - 1, STAMP_FRAMES).astype(int)):
+        item = frames[int(i)]
+        h.update(f"{int(item['episode'])}:{int(item['start'])}".encode())
+        h.update(np.ascontiguousarray(np.asarray(item["pixels"])).tobytes())
+    return h.hexdigest()
+
+
+def _pack(episode: np.ndarray, step: np.ndarray) -> np.ndarray:
+    return (np.asarray(episode, np.int64) << 32) | np.asarray(step, np.int64)

@@ -1,0 +1,385 @@
+"""Rope and Granular: DINO-WM's FleX pushing tasks re-implemented on MuJoCo.
+
+Both share one scene: a square table with low rim walls (inner half-width 0.3 m), a
+fixed orthographic camera looking straight down at it, and a vertical capsule pusher
+driven kinematically through three slide joints. On the table lies either a rope (a
+chain of capsules joined by damped ball joints) or a loose pile of small spheres.
+
+Action ``[x0, y0, x1, y1]`` in [-1, 1] is one push in table coordinates (times 0.25 m):
+the lifted pusher moves above ``(x0, y0)``, lowers to the table, slides in a straight
+line to ``(x1, y1)`` at 0.5 m/s, lifts again and stays there while the scene settles.
+
+State is ``qpos ++ qvel`` of the whole model. Warm starts are off, so that vector is
+the complete simulator state and ``simulate`` from a stored state replays ``step``
+exactly. Proprio is the pusher's xy in action units. Success compares particle centres
+(rope segment centres or sphere centres, xyz) by Chamfer distance, in metres.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import abstractmethod
+from typing import Any
+
+os.environ.setdefault("MUJOCO_GL", "egl")  # offscreen rendering; must precede the import
+
+import mujoco  # noqa: E402
+import numpy as np  # noqa: E402
+from gymnasium import spaces  # noqa: E402
+
+from wmplan.envs.base import GoalEnv  # noqa: E402
+from wmplan.envs.chamfer import chamfer_distance  # noqa: E402
+
+TABLE_HALF = 0.3  # inner half-width of the walled table and of the camera's view (m)
+WORKSPACE = 0.25  # action 1.0 is this far from the table centre (m)
+OBJECT_BOUND = 0.2  # sampled start and goal particle centres stay within +-this (m)
+MAX_SHIFT = 0.12  # goal translation per axis, like DINO-WM's U(-1, 1) for its FleX scale
+TIMESTEP = 0.004
+PUSH_SPEED = 0.5  # m/s, also the speed of lowering and lifting
+PUSHER_RADIUS = 0.015
+PUSH_Z = PUSHER_RADIUS + 0.003  # capsule centre height of the pusher's lower cap while pushing
+LIFT_Z = 0.12  # well above anything lying on the table
+SETTLE_STEPS = 50  # physics steps after each push (0.2 s)
+RESET_SETTLE_STEPS = 100  # physics steps that let sampled starts and goals come to rest
+SUCCESS_THRESHOLD = 0.02  # Chamfer distance (m): about one segment diameter in total
+
+_TABLE_RGBA = "0.92 0.9 0.84 1"
+_WALL_RGBA = "0.55 0.55 0.55 1"
+_PUSHER_RGBA = "0.1 0.55 0.15 1"
+
+
+def _scene_xml(objects: str) -> str:
+    """MJCF of the table, walls, camera and pusher around an ``objects`` body fragment."""
+    walls = "\n".join(
+        f'<geom type="box" pos="{x} {y} 0.02" size="{sx} {sy} 0.02" rgba="{_WALL_RGBA}"/>'
+        for x, y, sx, sy in (
+            (TABLE_HALF + 0.02, 0, 0.02, TABLE_HALF + 0.04),
+            (-TABLE_HALF - 0.02, 0, 0.02, TABLE_HALF + 0.04),
+            (0, TABLE_HALF + 0.02, TABLE_HALF + 0.04, 0.02),
+            (0, -TABLE_HALF - 0.02, TABLE_HALF + 0.04, 0.02),
+        )
+    )
+    # The pusher's lower cap sits 3 mm above the table while pushing, so it touches
+    # objects from the side only; its round cap shoves aside what it is lowered onto.
+    half_length = 0.03
+    return f"""
+<mujoco model="table_push">
+  <compiler angle="radian" autolimits="true"/>
+  <!-- Warm starts would make contacts depend on hidden solver history; without them
+       (qpos, qvel) is the complete state. Implicit damping keeps tiny links stable. -->
+  <option timestep="{TIMESTEP}" integrator="implicitfast" cone="elliptic">
+    <flag warmstart="disable"/>
+  </option>
+  <visual>
+    <headlight ambient="0.7 0.7 0.7" diffuse="0.3 0.3 0.3" specular="0 0 0"/>
+    <quality shadowsize="0"/>
+    <global offwidth="1024" offheight="1024"/>
+  </visual>
+  <default>
+    <geom friction="0.6 0.005 0.001" condim="6" density="1000"/>
+    <joint armature="1e-5"/>
+  </default>
+  <worldbody>
+    <geom name="table" type="plane" size="{TABLE_HALF + 0.04} {TABLE_HALF + 0.04} 0.01"
+          rgba="{_TABLE_RGBA}"/>
+    {walls}
+    <camera name="top" mode="fixed" projection="orthographic" fovy="{2 * TABLE_HALF}"
+            pos="0 0 1" xyaxes="1 0 0 0 1 0"/>
+    <body name="pusher" pos="0 0 {half_length}" gravcomp="1">
+      <joint name="pusher_x" type="slide" axis="1 0 0"/>
+      <joint name="pusher_y" type="slide" axis="0 1 0"/>
+      <joint name="pusher_z" type="slide" axis="0 0 1"/>
+      <!-- Heavy, so contacts barely disturb the commanded motion between resets. -->
+      <geom type="capsule" size="{PUSHER_RADIUS} {half_length}" mass="10" rgba="{_PUSHER_RGBA}"/>
+    </body>
+    {objects}
+  </worldbody>
+</mujoco>"""
+
+
+def _quat_z(angle: np.ndarray) -> np.ndarray:
+    """Unit quaternions [..., 4] (w, x, y, z) of rotations by ``angle`` about the z axis."""
+    angle = np.asarray(angle, dtype=np.float64)
+    return np.stack([np.cos(angle / 2), 0 * angle, 0 * angle, np.sin(angle / 2)], axis=-1)
+
+
+def _quat_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Hamilton product of quaternions [..., 4] (w, x, y, z)."""
+    aw, ax, ay, az = np.moveaxis(a, -1, 0)
+    bw, bx, by, bz = np.moveaxis(b, -1, 0)
+    return np.stack(
+        [
+            aw * bw - ax * bx - ay * by - az * bz,
+            aw * bx + ax * bw + ay * bz - az * by,
+            aw * by - ax * bz + ay * bw + az * bx,
+            aw * bz + ax * by - ay * bx + az * bw,
+        ],
+        axis=-1,
+    )
+
+
+def _rotation_z(angle: float) -> np.ndarray:
+    c, s = np.cos(angle), np.sin(angle)
+    return np.array([[c, -s], [s, c]])
+
+
+def _shift_on_table(xy: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A translation [2] of U(-MAX_SHIFT, MAX_SHIFT) per axis, slid back so that every
+    point of ``xy [N, 2]`` stays within +-OBJECT_BOUND."""
+    low, high = -OBJECT_BOUND - xy.min(axis=0), OBJECT_BOUND - xy.max(axis=0)
+    if np.any(low > high):
+        raise ValueError(f"object spans {np.ptp(xy, axis=0)} m, wider than the table allows")
+    return np.clip(rng.uniform(-MAX_SHIFT, MAX_SHIFT, size=2), low, high)
+
+
+class TablePushEnv(GoalEnv):
+    """Shared table, pusher, state, rendering and Chamfer evaluation of Rope and Granular.
+
+    Subclasses give the objects' MJCF (``_objects_xml``; particle geoms named ``p0``,
+    ``p1``, ...), a start configuration (``_start_qpos``) and the goal transform
+    (``_goal_qpos``); both are placed in the simulator and left to settle.
+    """
+
+    proprio_dim = 2
+    num_particles: int
+
+    def __init__(
+        self,
+        resolution: int = 64,
+        render_mode: str | None = "rgb_array",
+        success_threshold: float = SUCCESS_THRESHOLD,
+    ):
+        super().__init__(resolution=resolution, render_mode=render_mode)
+        if not (np.isfinite(success_threshold) and success_threshold > 0):
+            raise ValueError(f"success_threshold must be a positive distance in metres, got {success_threshold}")
+        self.success_threshold = float(success_threshold)
+        self.model = mujoco.MjModel.from_xml_string(_scene_xml(self._objects_xml()))
+        self.data = mujoco.MjData(self.model)
+        self._scratch = mujoco.MjData(self.model)  # kinematics of states other than the current one
+        self._renderer: mujoco.Renderer | None = None
+        ids = [mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_GEOM, f"p{i}") for i in range(self.num_particles)]
+        self._particle_geoms = np.array(ids)
+        pusher_x = self.model.joint("pusher_x")
+        self._pusher_qpos = slice(pusher_x.qposadr[0], pusher_x.qposadr[0] + 3)
+        self._pusher_dof = slice(pusher_x.dofadr[0], pusher_x.dofadr[0] + 3)
+        self._nq = self.model.nq
+        free = self.model.jnt_qposadr[self.model.jnt_type == mujoco.mjtJoint.mjJNT_FREE]
+        self._free_qpos = free[:, None] + np.arange(7)  # [n_free, 7] qpos indices: xyz, quaternion
+        res = self.resolution
+        self.observation_space = spaces.Dict(
+            pixels=spaces.Box(0, 255, (res, res, 3), np.uint8),
+            proprio=spaces.Box(-np.inf, np.inf, (self.proprio_dim,), np.float32),
+        )
+        self.action_space = spaces.Box(-1.0, 1.0, (4,), np.float32)
+
+    # -- subclasses -----------------------------------------------------------------
+    @abstractmethod
+    def _objects_xml(self) -> str:
+        """MJCF bodies of the pushed objects; particle geoms are named p0..p{N-1}."""
+
+    @abstractmethod
+    def _start_qpos(self, rng: np.random.Generator) -> np.ndarray:
+        """A start configuration: full qpos [nq] with the objects resting on the table."""
+
+    @abstractmethod
+    def _goal_qpos(self, start_qpos: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """The goal configuration made from a settled start's qpos [nq]."""
+
+    # -- goal API -------------------------------------------------------------------
+    def get_state(self) -> np.ndarray:
+        return np.concatenate([self.data.qpos, self.data.qvel]).astype(np.float64)
+
+    def set_state(self, state: np.ndarray) -> None:
+        s = self._check_state(state)
+        self.data.qpos[:] = s[: self._nq]
+        self.data.qvel[:] = s[self._nq :]
+        mujoco.mj_forward(self.model, self.data)
+
+    def particle_positions(self, state: np.ndarray) -> np.ndarray:
+        """World xyz ``[num_particles, 3]`` of the particle centres in ``state``."""
+        self._scratch.qpos[:] = self._check_state(state)[: self._nq]
+        mujoco.mj_kinematics(self.model, self._scratch)
+        return self._scratch.geom_xpos[self._particle_geoms].copy()
+
+    def sample_start_and_goal(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """A settled start and the settled goal made from it (see the subclass)."""
+        start = self._settle(self._start_qpos(rng))
+        goal = self._settle(self._goal_qpos(start[: self._nq], rng))
+        return start, goal
+
+    def evaluate(self, state: np.ndarray, goal_state: np.ndarray) -> dict[str, Any]:
+        """Chamfer distance (m) between particle centres; success below ``success_threshold``."""
+        distance = chamfer_distance(self.particle_positions(state), self.particle_positions(goal_state))
+        return {"success": distance < self.success_threshold, "distance": distance}
+
+    # -- hooks ----------------------------------------------------------------------
+    def _apply_action(self, action: np.ndarray) -> None:
+        start, end = action[:2] * WORKSPACE, action[2:] * WORKSPACE
+        self.data.qpos[self._pusher_qpos] = [*start, LIFT_Z]  # travel above everything
+        self.data.qvel[self._pusher_dof] = 0.0
+        above, down = np.array([*start, LIFT_Z]), np.array([*start, PUSH_Z])
+        end_down, end_up = np.array([*end, PUSH_Z]), np.array([*end, LIFT_Z])
+        path = np.concatenate(
+            [_line(above, down), _line(down, end_down), _line(end_down, end_up), np.repeat(end_up[None], SETTLE_STEPS, 0)]
+        )
+        self._drive(path)
+
+    def _render(self) -> np.ndarray:
+        if self._renderer is None:
+            self._renderer = mujoco.Renderer(self.model, self.resolution, self.resolution)
+        self._renderer.update_scene(self.data, camera="top")
+        return self._renderer.render()
+
+    def _proprio(self) -> np.ndarray:
+        return (self.data.qpos[self._pusher_qpos][:2] / WORKSPACE).astype(np.float32)
+
+    def close(self) -> None:
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None
+        super().close()
+
+    # -- physics ----------------------------------------------------------------------
+    def _drive(self, path: np.ndarray) -> None:
+        """Step the physics once per pusher waypoint of ``path [T, 3]``.
+
+        The pusher is kinematic: before each step its velocity is set to reach the next
+        waypoint, and after it its position is snapped there, so contacts cannot deflect it.
+        """
+        for waypoint in path:
+            velocity = (waypoint - self.data.qpos[self._pusher_qpos]) / TIMESTEP
+            self.data.qvel[self._pusher_dof] = velocity
+            mujoco.mj_step(self.model, self.data)
+            self.data.qpos[self._pusher_qpos] = waypoint
+            self.data.qvel[self._pusher_dof] = velocity
+        self.data.qvel[self._pusher_dof] = 0.0
+        mujoco.mj_forward(self.model, self.data)  # positions of the final state, for rendering
+
+    def _settle(self, qpos: np.ndarray) -> np.ndarray:
+        """State after placing ``qpos`` at rest, pusher parked lifted, and settling."""
+        self.data.qpos[:] = qpos
+        self.data.qpos[self._pusher_qpos] = [WORKSPACE, WORKSPACE, LIFT_Z]
+        self.data.qvel[:] = 0.0
+        parked = self.data.qpos[self._pusher_qpos].copy()
+        self._drive(np.repeat(parked[None], RESET_SETTLE_STEPS, 0))
+        return self.get_state()
+
+    def _transform(self, qpos: np.ndarray, angle: float, scale: float, rng: np.random.Generator) -> np.ndarray:
+        """``qpos`` with the objects rotated by ``angle`` about z and scaled by ``scale`` about
+        their particles' xy centroid, then shifted by ``_shift_on_table``.
+
+        Every object free joint gets the same map, so a rope moves rigidly (its ball
+        joints are relative) and a pile of spheres scales about its centre.
+        """
+        self._scratch.qpos[:] = qpos
+        mujoco.mj_kinematics(self.model, self._scratch)
+        xy = self._scratch.geom_xpos[self._particle_geoms, :2]
+        pivot, linear = xy.mean(axis=0), scale * _rotation_z(angle)
+        shift = _shift_on_table((xy - pivot) @ linear.T + pivot, rng)
+        out = qpos.copy()
+        pos, quat = self._free_qpos[:, :2], self._free_qpos[:, 3:]
+        out[pos] = (qpos[pos] - pivot) @ linear.T + pivot + shift
+        out[quat] = _quat_mul(_quat_z(angle), qpos[quat])
+        return out
+
+
+def _line(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Waypoints [n, 3] from ``a`` (excluded) to ``b`` (included), PUSH_SPEED apart per step."""
+    n = max(1, int(np.ceil(np.linalg.norm(b - a) / (PUSH_SPEED * TIMESTEP))))
+    return a + (b - a) * (np.arange(1, n + 1) / n)[:, None]
+
+
+
+ROPE_SEGMENTS = 24
+SEGMENT_LENGTH = 0.016  # m, so the rope is 0.384 m long
+ROPE_RADIUS = 0.012
+ROPE_DAMPING = 2e-4  # N m s / rad at each ball joint: the rope bends, then stays put
+ROPE_MAX_BEND = np.pi / 2  # total turning angle of a start rope's arc is U(-this, this)
+_ROPE_RGBA = "0.85 0.2 0.1 1"
+
+
+class RopeEnv(TablePushEnv):
+    """A rope of 24 capsules linked by damped ball joints.
+
+    Start: an arc of U(-90, 90) deg total bend at a random pose. Goal: the start rotated
+    by U(0, 90) deg about its centroid and shifted (DINO-WM's rope protocol).
+    """
+
+    num_particles = ROPE_SEGMENTS
+    # free root (7 qpos, 6 dofs) + a ball joint per further segment (4, 3) + pusher (3, 3)
+    state_dim = (7 + 4 * (ROPE_SEGMENTS - 1) + 3) + (6 + 3 * (ROPE_SEGMENTS - 1) + 3)
+
+    def _objects_xml(self) -> str:
+        def segment(i: int) -> str:
+            return (
+                f'<geom name="p{i}" type="capsule" fromto="0 0 0 {SEGMENT_LENGTH} 0 0" '
+                f'size="{ROPE_RADIUS}" rgba="{_ROPE_RGBA}"/>'
+            )
+
+        chain = ""  # built from the free end inwards: each segment is its parent's child body
+        for i in reversed(range(1, ROPE_SEGMENTS)):
+            chain = (
+                f'<body pos="{SEGMENT_LENGTH} 0 0"><joint type="ball" damping="{ROPE_DAMPING}"/>'
+                f"{segment(i)}{chain}</body>"
+            )
+        return f'<body pos="0 0 {ROPE_RADIUS}"><freejoint/>{segment(0)}{chain}</body>'
+
+    def _start_qpos(self, rng: np.random.Generator) -> np.ndarray:
+        qpos = self.model.qpos0.copy()
+        bend = rng.uniform(-ROPE_MAX_BEND, ROPE_MAX_BEND) / (ROPE_SEGMENTS - 1)
+        balls = self.model.jnt_qposadr[self.model.jnt_type == mujoco.mjtJoint.mjJNT_BALL]
+        qpos[balls[:, None] + np.arange(4)] = _quat_z(bend)
+        return self._transform(qpos, rng.uniform(0, 2 * np.pi), 1.0, rng)
+
+    def _goal_qpos(self, start_qpos: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return self._transform(start_qpos, rng.uniform(0, np.pi / 2), 1.0, rng)
+
+
+NUM_GRAINS = 120
+GRAIN_RADIUS = 0.0075
+GOAL_SCALE = (0.6, 0.9)  # DINO-WM's granular goal: the pile scaled by U(0.6, 0.9)
+# Start grains are this far apart at least, so even the 0.6-scaled goal has no overlaps.
+GRAIN_SPACING = 2 * GRAIN_RADIUS / GOAL_SCALE[0] * 1.02
+_GRAIN_RGBA = "0.1 0.25 0.85 1"
+
+
+class GranularEnv(TablePushEnv):
+    """A loose pile of 120 small spheres.
+
+    Start: a jittered hexagonal patch of random elliptic outline, orientation and place.
+    Goal: the start pile scaled by U(0.6, 0.9) about its centroid and shifted (DINO-WM's
+    granular protocol).
+    """
+
+    num_particles = NUM_GRAINS
+    state_dim = (7 * NUM_GRAINS + 3) + (6 * NUM_GRAINS + 3)  # free joints + pusher
+
+    def _objects_xml(self) -> str:
+        # Compile-time positions only need to be apart; every reset places the grains.
+        cols = int(np.ceil(np.sqrt(NUM_GRAINS)))
+        return "\n".join(
+            f'<body pos="{(i % cols - cols / 2) * 0.03} {(i // cols - cols / 2) * 0.03} {GRAIN_RADIUS}">'
+            f'<freejoint/><geom name="p{i}" type="sphere" size="{GRAIN_RADIUS}" rgba="{_GRAIN_RGBA}"/></body>'
+            for i in range(NUM_GRAINS)
+        )
+
+    def _start_qpos(self, rng: np.random.Generator) -> np.ndarray:
+        lattice = 1.1 * GRAIN_SPACING  # the slack left for jitter keeps grains GRAIN_SPACING apart
+        n = int(np.ceil(np.sqrt(NUM_GRAINS))) + 4
+        i, j = np.meshgrid(np.arange(-n, n + 1), np.arange(-n, n + 1))
+        points = lattice * np.stack([i + 0.5 * j, j * np.sqrt(3) / 2], axis=-1).reshape(-1, 2)
+        # The grains nearest the centre under a random elliptic metric form the pile.
+        aspect = np.array([1.0, rng.uniform(0.6, 1.0)])
+        points = points @ _rotation_z(rng.uniform(0, np.pi)).T
+        points = points[np.argsort(np.linalg.norm(points / aspect, axis=1))[:NUM_GRAINS]]
+        radius = (lattice - GRAIN_SPACING) / 2 * np.sqrt(rng.uniform(size=NUM_GRAINS))
+        angle = rng.uniform(0, 2 * np.pi, size=NUM_GRAINS)
+        points += radius[:, None] * np.stack([np.cos(angle), np.sin(angle)], axis=-1)
+        qpos = self.model.qpos0.copy()
+        qpos[self._free_qpos[:, :2]] = points
+        qpos[self._free_qpos[:, 2]] = GRAIN_RADIUS
+        qpos[self._free_qpos[:, 3:]] = [1.0, 0.0, 0.0, 0.0]
+        return self._transform(qpos, rng.uniform(0, 2 * np.pi), 1.0, rng)
+
+    def _goal_qpos(self, start_qpos: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return self._transform(start_qpos, 0.0, rng.uniform(*GOAL_SCALE), rng)

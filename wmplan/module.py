@@ -1,0 +1,200 @@
+"""Lightning module that trains a NanoWM dynamics model with a diffusion / flow objective.
+
+The module owns the denoiser, its EMA copy, the frozen latent codec (for validation
+pictures) and the proprio normalisation. Batches are clips from ``ClipDataset`` (pixels)
+or ``LatentClipDataset`` (cached latents): ``latents``/``pixels`` [B, T, ...],
+``actions`` [B, T-1, Aw], ``proprio`` [B, T, P].
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from wmplan.metrics import psnr, ssim
+from wmplan.models.codecs import CodecConfig, LatentCodec, build_codec
+from wmplan.models.diffusion import Diffusion, DiffusionConfig
+from wmplan.models.nanowm import NanoWM, NanoWMConfig
+from wmplan.models.sampling import SamplerConfig, generate
+
+
+def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float = 0.0) -> float:
+    """Learning-rate multiplier: linear warmup, then cosine decay to ``min_ratio``."""
+    if step < warmup:
+        return (step + 1) / max(1, warmup)
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class WorldModelModule(L.LightningModule):
+    """NanoWM + diffusion objective + EMA, configured by the resolved training config."""
+
+    def __init__(self, cfg: DictConfig | dict, codec: LatentCodec | None = None):
+        super().__init__()
+        cfg = OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg
+        self.cfg = cfg
+        self.save_hyperparameters({"config": OmegaConf.to_container(cfg, resolve=True)})
+        self.model = NanoWM(NanoWMConfig(**cfg.model))
+        self.ema = AveragedModel(
+            self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.training.ema_decay), use_buffers=True
+        )
+        self.ema.requires_grad_(False)
+        self.diffusion = Diffusion(DiffusionConfig(**cfg.diffusion))
+        self.codec = codec if codec is not None else build_codec(CodecConfig(**cfg.latent))
+        self.codec.requires_grad_(False)
+        p = max(1, int(cfg.model.proprio_dim))
+        self.register_buffer("proprio_mean", torch.zeros(p))
+        self.register_buffer("proprio_std", torch.ones(p))
+
+    # -- data helpers ---------------------------------------------------------------
+    def set_proprio_stats(self, mean: np.ndarray, std: np.ndarray) -> None:
+        self.proprio_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        self.proprio_std.copy_(torch.as_tensor(std, dtype=torch.float32).clamp_min(1e-6))
+
+    def normalize_proprio(self, proprio: torch.Tensor | None) -> torch.Tensor | None:
+        if proprio is None or self.cfg.model.proprio_dim == 0:
+            return None
+        return (proprio.float() - self.proprio_mean) / self.proprio_std
+
+    def batch_latents(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Latents [B, T, C, h, w] of a batch: cached, or encoded from pixels on the fly."""
+        if "latents" in batch:
+            return batch["latents"].float()
+        with torch.no_grad():
+            return self.codec.encode(batch["pixels"]).float()
+
+    # -- training -------------------------------------------------------------------
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        latents = self.batch_latents(batch)  # [B, T, C, h, w]
+        generator = self._step_generator(latents.device)
+        loss, per_frame = self.diffusion.training_loss(
+            self.model, latents, batch["actions"].float(),
+            self.normalize_proprio(batch.get("proprio")), generator=generator,
+        )
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite training loss at step {self.global_step}")
+        self.log("train/loss", loss, prog_bar=True, sync_dist=True)
+        for i, value in enumerate(per_frame):
+            self.log(f"train/loss_frame{i}", value, sync_dist=True)
+        return loss
+
+    def _step_generator(self, device: torch.device) -> torch.Generator:
+        """Noise for step k depends only on (seed, k, rank): resumed runs draw the same noise."""
+        seed = int(self.cfg.training.seed) * 1_000_003 + self.global_step * 97 + self.global_rank
+        return torch.Generator(device=device).manual_seed(seed)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.ema.update_parameters(self.model)
+
+    def configure_optimizers(self):
+        t = self.cfg.training
+        decay, no_decay = [], []
+        for name, param in self.model.named_parameters():
+            (no_decay if param.ndim < 2 or "norm" in name else decay).append(param)
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=t.lr, betas=(0.9, 0.999), foreach=True,
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: warmup_cosine(step, t.warmup_steps, t.max_steps, t.min_lr_ratio)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- validation -----------------------------------------------------------------
+    @torch.no_grad()
+    def predict_clip(
+        self, latents: torch.Tensor, actions: torch.Tensor, proprio: torch.Tensor | None,
+        context_frames: int, sampler: SamplerConfig, seed: int, use_ema: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Predict frames context_frames.. of a clip from its first frames and true actions."""
+        model = self.ema.module if use_ema else self.model
+        proprio = self.normalize_proprio(proprio)
+        generator = torch.Generator(device=latents.device).manual_seed(seed)
+        return generate(
+            model, self.diffusion, latents[:, :context_frames],
+            None if proprio is None else proprio[:, :context_frames],
+            actions[:, context_frames - 1:], sampler, window=int(self.cfg.data.num_frames),
+            generator=generator,
+        )
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        latents = self.batch_latents(batch)
+        generator = torch.Generator(device=latents.device).manual_seed(10_000 + batch_idx)
+        loss, _ = self.diffusion.training_loss(
+            self.ema.module, latents, batch["actions"].float(),
+            self.normalize_proprio(batch.get("proprio")), generator=generator,
+        )
+        self.log("val/loss", loss, sync_dist=True)
+        v = self.cfg.validation
+        if batch_idx >= v.num_prediction_batches:
+            return
+        n_ctx = int(v.context_frames)
+        pred, _ = self.predict_clip(
+            latents, batch["actions"].float(), batch.get("proprio"), n_ctx,
+            SamplerConfig(**v.sampler), seed=batch_idx,
+        )
+        self.log("val/latent_mse", torch.mean((pred - latents[:, n_ctx:]) ** 2), sync_dist=True)
+        if not self.codec.can_decode or "pixels" not in batch:
+            return
+        truth = batch["pixels"][:, n_ctx:]  # [B, H, h, w, 3] uint8
+        frames = self.codec.decode(pred)
+        copy_last = batch["pixels"][:, n_ctx - 1 : n_ctx].expand_as(truth)
+        self.log("val/psnr", psnr(frames, truth).mean(), sync_dist=True)
+        self.log("val/ssim", ssim(frames, truth).mean(), sync_dist=True)
+        self.log("val/psnr_copy_last", psnr(copy_last, truth).mean(), sync_dist=True)
+        self.log("val/ssim_copy_last", ssim(copy_last, truth).mean(), sync_dist=True)
+        if batch_idx == 0 and self.global_rank == 0:
+            self._write_sample_video(batch["pixels"][:, :n_ctx], frames, truth)
+
+    def _write_sample_video(self, context: torch.Tensor, pred: torch.Tensor, truth: torch.Tensor) -> None:
+        """GIF: rows = clips; left = context + prediction, right = context + ground truth."""
+        from wmplan.video import save_comparison_gif
+
+        out = Path(self.cfg.out_dir) / "samples" / f"step{self.global_step:07d}.gif"
+        save_comparison_gif(out, context[:4].cpu().numpy(), pred[:4].cpu().numpy(), truth[:4].cpu().numpy())
+        if isinstance(self.logger, L.pytorch.loggers.TensorBoardLogger):
+            video = torch.cat([context[:4], pred[:4]], dim=1).permute(0, 1, 4, 2, 3)  # [B, T, 3, H, W]
+            try:
+                self.logger.experiment.add_video("val/prediction", video, self.global_step, fps=4)
+            except ImportError:  # add_video needs moviepy; the GIF on disk is always written
+                pass
+
+    # -- checkpoint extras ------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["wmplan_config"] = OmegaConf.to_container(self.cfg, resolve=True)
+        checkpoint["rng_state"] = {
+            "torch": torch.get_rng_state(),
+            "numpy": np.random.get_state(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        check_config_matches(checkpoint.get("wmplan_config"), self.cfg)
+        rng = checkpoint.get("rng_state")
+        if rng is not None:
+            torch.set_rng_state(rng["torch"])
+            np.random.set_state(rng["numpy"])
+
+
+ARCHITECTURE_KEYS = ("model", "diffusion", "latent")
+
+
+def check_config_matches(saved: dict | None, cfg: DictConfig) -> None:
+    """Refuse a checkpoint whose model / diffusion / latent config differs from ``cfg``."""
+    if saved is None:
+        raise ValueError("checkpoint has no 'wmplan_config': not a wmplan world-model checkpoint")
+    current = OmegaConf.to_container(cfg, resolve=True)
+    diffs = [
+        f"{group}.{key}: checkpoint={saved.get(group, {}).get(key)!r} config={value!r}"
+        for group in ARCHITECTURE_KEYS
+        for key, value in current[group].items()
+        if saved.get(group, {}).get(key) != value
+    ]
+    if diffs:
+        raise ValueError("checkpoint config does not match the requested config:\n  " + "\n  ".join(diffs))

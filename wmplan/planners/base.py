@@ -1,0 +1,176 @@
+"""What every planner shares: the rollout and objective protocols, chunked scoring, the result.
+
+A planner searches over action sequences ``[B, H, Aw]`` for B episodes at once. It sees the
+world only through ``rollout_fn(actions [B, S, H, Aw]) -> Prediction`` (S candidates per
+episode) and an ``Objective(pred, goal, actions) -> cost [B, S]``; it never touches the
+real environment. Actions live in the box [-1, 1]: every candidate is clamped before it is
+scored, so the returned plan always respects the bounds.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import torch
+from torch import Tensor
+
+# latents [B, S, H, C, h, w]; proprio [B, S, H, P] or None
+Prediction = dict[str, Tensor | None]
+# latents [B, C, h, w]; proprio [B, P] or None
+Goal = dict[str, Tensor | None]
+RolloutFn = Callable[[Tensor], Prediction]
+
+ACTION_LOW, ACTION_HIGH = -1.0, 1.0
+
+
+class Objective(Protocol):
+    def __call__(self, pred: Prediction, goal: Goal, actions: Tensor) -> Tensor:
+        """Cost [B, S] (lower is better) of candidates ``actions`` [B, S, H, Aw]."""
+        ...
+
+
+@dataclass
+class PlanResult:
+    actions: Tensor  # [B, H, Aw], inside [-1, 1]
+    cost: Tensor  # [B], the objective at ``actions``
+
+
+def randn(shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> Tensor:
+    # Draw on the generator's device, then move: the same seed gives the same plan on any device.
+    return torch.randn(shape, generator=generator, device=generator.device).to(device)
+
+
+def uniform_actions(shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> Tensor:
+    u = torch.rand(shape, generator=generator, device=generator.device).to(device)
+    return ACTION_LOW + (ACTION_HIGH - ACTION_LOW) * u
+
+
+class Planner(ABC):
+    """Base planner. ``max_batch`` bounds the candidates (B x S) scored per rollout call."""
+
+    def __init__(self, max_batch: int):
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self.max_batch = max_batch
+
+    def plan(
+        self,
+        rollout_fn: RolloutFn,
+        objective: Objective,
+        goal: Goal,
+        batch_size: int,
+        horizon: int,
+        action_dim: int,
+        init: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> PlanResult:
+        """Best action sequences [B, H, Aw] found for ``goal``; ``init`` [B, H, Aw] warm-starts.
+
+        Without a generator the search is seeded 0, so an unseeded call is still reproducible.
+        """
+        check_plan_args(goal, batch_size, horizon, action_dim, init)
+        device = goal["latents"].device
+        shape = (batch_size, horizon, action_dim)
+        init = torch.zeros(shape, device=device) if init is None else init.detach().float().to(device)
+        generator = generator if generator is not None else torch.Generator().manual_seed(0)
+        return self.search(rollout_fn, objective, goal, init.clamp(ACTION_LOW, ACTION_HIGH), generator)
+
+    @abstractmethod
+    def search(
+        self, rollout_fn: RolloutFn, objective: Objective, goal: Goal, init: Tensor, generator: torch.Generator
+    ) -> PlanResult:
+        """The planner's search from ``init`` [B, H, Aw] (the warm start, zeros without one)."""
+
+    def score(
+        self, rollout_fn: RolloutFn, objective: Objective, goal: Goal, actions: Tensor, backward: bool = False
+    ) -> Tensor:
+        """Cost [B, S] of candidates ``actions`` [B, S, H, Aw], scored in chunks of S.
+
+        With ``backward`` the graph of each chunk is back-propagated and freed at once, so
+        d(sum of costs)/d(actions) accumulates in the leaf's ``.grad`` with bounded memory
+        (costs of different candidates are independent, so chunking does not change it).
+        """
+        B, S = actions.shape[:2]
+        chunk = max(1, self.max_batch // B)
+        costs = []
+        for start in range(0, S, chunk):
+            part = actions[:, start : start + chunk]
+            with torch.set_grad_enabled(backward):
+                cost = objective(rollout_fn(part), goal, part)
+                check_cost(cost, part.shape[:2])
+                if backward:
+                    if not cost.requires_grad:
+                        raise ValueError("cost has no gradient w.r.t. the actions: is rollout_fn differentiable?")
+                    cost.sum().backward()
+            costs.append(cost.detach())
+        return torch.cat(costs, dim=1)
+
+    def result(self, rollout_fn: RolloutFn, objective: Objective, goal: Goal, actions: Tensor) -> PlanResult:
+        """Package a final plan [B, H, Aw] with its cost (one extra rollout of one candidate)."""
+        actions = actions.detach().clamp(ACTION_LOW, ACTION_HIGH)
+        cost = self.score(rollout_fn, objective, goal, actions[:, None])[:, 0]
+        return PlanResult(actions=actions, cost=cost)
+
+
+def best_of(candidates: Tensor, costs: Tensor) -> tuple[Tensor, Tensor]:
+    """The cheapest of ``candidates`` [B, S, H, Aw] per episode: (actions [B, H, Aw], cost [B])."""
+    cost, idx = costs.min(dim=1)  # [B]
+    idx = idx[:, None, None, None].expand(-1, 1, *candidates.shape[2:])  # [B, 1, H, Aw]
+    return candidates.gather(1, idx)[:, 0], cost
+
+
+def check_cost(cost: Tensor, shape: tuple[int, ...]) -> None:
+    if tuple(cost.shape) != tuple(shape):
+        raise ValueError(f"objective returned cost of shape {tuple(cost.shape)}, expected {tuple(shape)}")
+    if not torch.isfinite(cost).all():
+        bad = (~torch.isfinite(cost)).sum().item()
+        raise ValueError(f"objective returned {bad} NaN/inf costs: did the rollout diverge?")
+
+
+def check_plan_args(goal: Goal, batch_size: int, horizon: int, action_dim: int, init: Tensor | None) -> None:
+    if batch_size < 1 or horizon < 1 or action_dim < 1:
+        raise ValueError(f"batch_size, horizon, action_dim must be >= 1, got {batch_size}, {horizon}, {action_dim}")
+    if goal.get("latents") is None or goal["latents"].shape[0] != batch_size:
+        got = None if goal.get("latents") is None else tuple(goal["latents"].shape)
+        raise ValueError(f"goal['latents'] must be [B={batch_size}, C, h, w], got {got}")
+    if init is not None:
+        if tuple(init.shape) != (batch_size, horizon, action_dim):
+            raise ValueError(f"init must be [{batch_size}, {horizon}, {action_dim}], got {tuple(init.shape)}")
+        if not torch.isfinite(init).all():
+            raise ValueError("init contains NaN or inf")
+
+
+class GaussianPlanner(Planner):
+    """Iterative search in a diagonal Gaussian over plans: sample, score, refit (CEM, MPPI).
+
+    Each iteration draws ``num_samples`` candidates around ``mean`` (candidate 0 is the mean
+    itself, so a good warm start is never lost), clamps them into the action box, scores
+    them and lets the subclass refit ``(mean, std)``. The plan is the final mean.
+    """
+
+    def __init__(self, num_samples: int, iterations: int, init_sigma: float, max_batch: int):
+        super().__init__(max_batch)
+        if num_samples < 2 or iterations < 1 or init_sigma <= 0:
+            raise ValueError(
+                f"need num_samples >= 2, iterations >= 1, init_sigma > 0; "
+                f"got {num_samples}, {iterations}, {init_sigma}"
+            )
+        self.num_samples, self.iterations, self.init_sigma = num_samples, iterations, init_sigma
+
+    @abstractmethod
+    def update(self, samples: Tensor, costs: Tensor, mean: Tensor, std: Tensor) -> tuple[Tensor, Tensor]:
+        """New (mean, std) [B, H, Aw] from ``samples`` [B, S, H, Aw] and their ``costs`` [B, S]."""
+
+    def search(self, rollout_fn, objective, goal, init, generator):
+        B, H, A = init.shape
+        mean, std = init, torch.full_like(init, self.init_sigma)
+        for _ in range(self.iterations):
+            noise = randn((B, self.num_samples, H, A), generator, init.device)
+            samples = mean[:, None] + std[:, None] * noise  # [B, S, H, Aw]
+            samples[:, 0] = mean
+            samples = samples.clamp(ACTION_LOW, ACTION_HIGH)
+            costs = self.score(rollout_fn, objective, goal, samples)  # [B, S]
+            mean, std = self.update(samples, costs, mean, std)
+        return self.result(rollout_fn, objective, goal, mean)

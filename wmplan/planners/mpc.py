@@ -1,0 +1,274 @@
+"""The MPC loop over real environments, and its outputs (results.json, videos, a summary line).
+
+``run_mpc`` plans for B episodes at once, executes the first ``execute_k`` planner actions of
+each plan in the real env, and replans from the new real observation, until a fixed budget
+of env steps is spent. The planner only ever sees the world model; success is judged by
+``env.evaluate`` on the executed states alone, and the run never stops early.
+
+The main number is DINO-WM's *success at the end*: the last executed state succeeds
+(``EpisodeRecord.success``). ``success_any`` (some executed step succeeded) is recorded too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from wmplan.planners.base import Goal, Objective, Planner, RolloutFn
+from wmplan.video import save_video, tile
+
+if TYPE_CHECKING:
+    import gymnasium as gym
+
+# obs batch (pixels uint8 [N,H,W,3], proprio float32 [N,P], state float64 [N,S]) -> goal-like dict
+EncodeFn = Callable[[dict[str, torch.Tensor]], Goal]
+# context (latents [B,T,C,h,w], proprio [B,T,P] | None, actions [B,T-1,Aw], state [B,T,S]) -> rollout
+MakeRolloutFn = Callable[[dict[str, torch.Tensor | None]], RolloutFn]
+
+
+@dataclass
+class EpisodeRecord:
+    """One episode; per-step lists are over executed *inner* env steps."""
+
+    start_state: np.ndarray
+    goal_state: np.ndarray
+    goal_image: np.ndarray  # uint8 [H, W, 3]
+    frames: list[np.ndarray] = field(default_factory=list)  # observation after each planner step (+ start)
+    actions: list[np.ndarray] = field(default_factory=list)  # executed planner actions [Aw]
+    distances: list[float] = field(default_factory=list)
+    successes: list[bool] = field(default_factory=list)
+    plan_times: list[float] = field(default_factory=list)  # seconds per replan (shared by the batch)
+
+    @property
+    def success(self) -> bool:
+        return self.successes[-1]
+
+    @property
+    def success_any(self) -> bool:
+        return any(self.successes)
+
+    @property
+    def steps(self) -> int:
+        return len(self.distances)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "success": self.success,
+            "success_any": self.success_any,
+            "final_distance": self.distances[-1],
+            "min_distance": min(self.distances),
+            "steps": self.steps,
+            "plan_times": self.plan_times,
+            "distances": self.distances,
+            "actions": [a.tolist() for a in self.actions],
+            "start_state": self.start_state.tolist(),
+            "goal_state": self.goal_state.tolist(),
+        }
+
+
+def sample_episodes(env: gym.Env, n: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``n`` (start, goal) pairs from the env's evaluation distribution, drawn from ``seed`` alone."""
+    rng = np.random.default_rng(seed)
+    return [env.unwrapped.sample_start_and_goal(rng) for _ in range(n)]
+
+
+def run_mpc(
+    env: gym.Env,
+    planner: Planner,
+    objective: Objective,
+    encode_fn: EncodeFn,
+    make_rollout_fn: MakeRolloutFn,
+    episodes: Sequence[tuple[np.ndarray, np.ndarray]],
+    budget_env_steps: int = 50,
+    execute_k: int | None = None,
+    horizon: int = 5,
+    history: int = 1,
+    seed: int = 0,
+) -> list[EpisodeRecord]:
+    """Plan-execute-replan for every (start_state, goal_state) in ``episodes``, batched.
+
+    ``env`` is a GoalEnv, possibly FrameSkip-wrapped: one planner action is one wrapped step
+    of ``frameskip`` inner env steps. ``budget_env_steps`` counts inner steps and must be a
+    multiple of the frameskip. ``execute_k`` planner actions run per replan (default: the
+    whole horizon, as in DINO-WM); the rest of the plan, shifted and padded with zeros,
+    warm-starts the next replan. The context holds the last ``history`` real observations
+    (repeated at the start, with zero actions between the repeats).
+    """
+    frameskip = env.action_space.shape[0] // env.unwrapped.action_space.shape[0]
+    execute_k = horizon if execute_k is None else execute_k
+    check_mpc_args(episodes, budget_env_steps, frameskip, execute_k, horizon, history)
+    B, Aw = len(episodes), env.action_space.shape[0]
+    generator = torch.Generator().manual_seed(seed)
+
+    goal_obs = [observe(env, goal) for _, goal in episodes]
+    goal = encode_fn(obs_batch(goal_obs))
+    records = [EpisodeRecord(np.asarray(s), np.asarray(g), o["pixels"]) for (s, g), o in zip(episodes, goal_obs)]
+    obs_steps = [obs_batch([observe(env, s) for s, _ in episodes])]  # one batch per planner step
+    act_steps: list[torch.Tensor] = []  # executed planner actions [B, Aw] per step
+    for record, pixels in zip(records, obs_steps[0]["pixels"].numpy()):
+        record.frames.append(pixels)
+
+    init, remaining = None, budget_env_steps // frameskip
+    while remaining > 0:
+        t0 = time.perf_counter()
+        rollout_fn = make_rollout_fn(make_context(encode_fn, obs_steps, act_steps, history, Aw))
+        plan = planner.plan(rollout_fn, objective, goal, B, horizon, Aw, init, generator)
+        elapsed = time.perf_counter() - t0
+        n = min(execute_k, remaining)
+        actions = plan.actions[:, :n].detach().cpu().float()  # [B, n, Aw]
+        state = obs_steps[-1]["state"].numpy()
+        executed = [execute(env, r, state[b], actions[b].numpy(), elapsed) for b, r in enumerate(records)]  # [B][n]
+        obs_steps += [obs_batch([episode[i] for episode in executed]) for i in range(n)]
+        act_steps += list(actions.unbind(dim=1))
+        init = torch.cat([plan.actions[:, n:], torch.zeros_like(plan.actions[:, :n])], dim=1)
+        remaining -= n
+    return records
+
+
+def check_mpc_args(episodes, budget_env_steps, frameskip, execute_k, horizon, history) -> None:
+    if not episodes:
+        raise ValueError("run_mpc needs at least one (start_state, goal_state) episode")
+    if budget_env_steps < frameskip or budget_env_steps % frameskip:
+        raise ValueError(f"budget_env_steps={budget_env_steps} must be a positive multiple of frameskip={frameskip}")
+    if not 1 <= execute_k <= horizon:
+        raise ValueError(f"execute_k must be in [1, horizon={horizon}], got {execute_k}")
+    if history < 1:
+        raise ValueError(f"history must be >= 1, got {history}")
+
+
+def observe(env: gym.Env, state: np.ndarray) -> dict[str, np.ndarray]:
+    """The observation at ``state`` (pixels as ``env.render_state(state)``), with the state itself."""
+    obs, _ = env.reset(options={"state": state})
+    return {**obs, "state": np.asarray(state, dtype=np.float64)}
+
+
+def obs_batch(obs: Sequence[Mapping[str, np.ndarray]]) -> dict[str, torch.Tensor]:
+    """Stack per-episode observations: pixels uint8 [N,H,W,3], proprio float32 [N,P], state float64 [N,S]."""
+    return {
+        "pixels": torch.from_numpy(np.stack([o["pixels"] for o in obs])),
+        "proprio": torch.from_numpy(np.stack([o["proprio"] for o in obs]).astype(np.float32)),
+        "state": torch.from_numpy(np.stack([o["state"] for o in obs]).astype(np.float64)),
+    }
+
+
+def make_context(
+    encode_fn: EncodeFn, obs_steps: list[dict[str, torch.Tensor]], act_steps: list[torch.Tensor], history: int, action_dim: int
+) -> dict[str, torch.Tensor | None]:
+    """The last ``history`` real observations, encoded, and the actions between them.
+
+    Before ``history`` observations exist, the first is repeated with zero actions between.
+    Returns latents [B,T,C,h,w], proprio [B,T,P] | None, actions [B,T-1,Aw] (T = history), and
+    the real simulator ``state`` [B,T,S], which only oracle models may use.
+    """
+    B = obs_steps[0]["pixels"].shape[0]
+    pad = max(0, history - len(obs_steps))
+    obs = [obs_steps[0]] * pad + obs_steps[-history:]
+    padded_acts = [torch.zeros(B, action_dim)] * pad + act_steps
+    acts = padded_acts[len(padded_acts) - (history - 1) :]
+    stacked = {key: torch.stack([o[key] for o in obs], dim=1) for key in obs[0]}  # [B, T, ...]
+    enc = encode_fn({key: x.flatten(0, 1) for key, x in stacked.items()})  # [B*T, ...]
+    proprio = enc.get("proprio")
+    return {
+        "state": stacked["state"],
+        "latents": enc["latents"].view(B, history, *enc["latents"].shape[1:]),
+        "proprio": None if proprio is None else proprio.view(B, history, *proprio.shape[1:]),
+        "actions": torch.stack(acts, dim=1) if acts else torch.zeros(B, 0, action_dim),
+    }
+
+
+def execute(
+    env: gym.Env, record: EpisodeRecord, state: np.ndarray, actions: np.ndarray, plan_time: float
+) -> list[dict[str, np.ndarray]]:
+    """Run ``actions`` [n, Aw] from ``state`` in the real env, logging each inner step into ``record``."""
+    env.reset(options={"state": state})
+    record.plan_times.append(plan_time)
+    observations = []
+    for action in actions:
+        obs, _, _, _, info = env.step(action)
+        inner = info.get("states", info["state"][None])  # [k, S] with FrameSkip, else [1, S]
+        for s in inner:
+            result = env.unwrapped.evaluate(s, record.goal_state)
+            record.distances.append(float(result["distance"]))
+            record.successes.append(bool(result["success"]))
+        record.frames.append(obs["pixels"])
+        record.actions.append(np.asarray(action))
+        observations.append({**obs, "state": info["state"]})
+    return observations
+
+
+# -- outputs ---------------------------------------------------------------------------
+def summarize(records: Sequence[EpisodeRecord]) -> dict[str, float]:
+    """Aggregate numbers; ``success_rate`` is success at the end (the main number)."""
+    plan_times = [t for r in records[:1] for t in r.plan_times]  # replans are shared by the batch
+    return {
+        "episodes": len(records),
+        "success_rate": float(np.mean([r.success for r in records])),
+        "success_rate_any": float(np.mean([r.success_any for r in records])),
+        "mean_final_distance": float(np.mean([r.distances[-1] for r in records])),
+        "mean_min_distance": float(np.mean([min(r.distances) for r in records])),
+        "replans": len(plan_times),
+        "plan_time_mean_s": float(np.mean(plan_times)),
+        "plan_time_max_s": float(np.max(plan_times)),
+    }
+
+
+def write_results(
+    path: str | os.PathLike,
+    records: Sequence[EpisodeRecord],
+    config: Mapping[str, Any],
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_hash: str | None = None,
+) -> dict[str, Any]:
+    """Write results.json atomically (temp file + rename): summary, config, checkpoint, episodes.
+
+    ``checkpoint_hash`` is the world model's (``WorldModel.checkpoint_hash``, a sha256).
+    """
+    results = {
+        **summarize(records),
+        "config": dict(config),
+        "checkpoint": {"path": None if checkpoint is None else str(checkpoint), "sha256": checkpoint_hash},
+        "records": [r.to_json() for r in records],
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(results, f, indent=2, default=str)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return results
+
+
+def save_videos(records: Sequence[EpisodeRecord], out_dir: str | os.PathLike, fps: int = 4, fmt: str = "gif") -> list[Path]:
+    """One video per episode (.gif or .mp4): executed frames, left, next to the goal image."""
+    if fmt not in ("gif", "mp4"):
+        raise ValueError(f"video format must be 'gif' or 'mp4', got {fmt!r}")
+    paths = []
+    for i, r in enumerate(records):
+        frames = np.stack(r.frames)  # [T, H, W, 3]
+        goal = np.broadcast_to(r.goal_image, frames.shape)
+        name = f"episode_{i:03d}_{'success' if r.success else 'failure'}.{fmt}"
+        paths.append(save_video(Path(out_dir) / name, tile([frames, goal]), fps))
+    return paths
+
+
+def summary_line(records: Sequence[EpisodeRecord], label: str = "") -> str:
+    s = summarize(records)
+    return (
+        f"{label + ': ' if label else ''}success {s['success_rate']:.2f} (any step {s['success_rate_any']:.2f}) "
+        f"| final dist {s['mean_final_distance']:.3g} (min {s['mean_min_distance']:.3g}) "
+        f"| {s['plan_time_mean_s']:.2f} s/replan x {s['replans']} | {s['episodes']} episodes"
+    )

@@ -1,0 +1,36 @@
+"""Random shooting: score uniform random plans once and keep the best."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from wmplan.planners.base import Goal, Objective, PlanResult, Planner, RolloutFn, best_of, uniform_actions
+
+
+@dataclass
+class RandomShootingConfig:
+    name: str = "random_shooting"
+    num_samples: int = 1000
+    max_batch: int = 1024  # candidates (episodes x samples) per rollout call
+
+
+class RandomShooting(Planner):
+    """Candidate 0 is the warm start, so replanning never discards a plan that still scores best."""
+
+    def __init__(self, cfg: RandomShootingConfig):
+        super().__init__(cfg.max_batch)
+        if cfg.num_samples < 1:
+            raise ValueError(f"random shooting needs num_samples >= 1, got {cfg.num_samples}")
+        self.num_samples = cfg.num_samples
+
+    def search(
+        self, rollout_fn: RolloutFn, objective: Objective, goal: Goal, init: Tensor, generator: torch.Generator
+    ) -> PlanResult:
+        B, H, A = init.shape
+        samples = uniform_actions((B, self.num_samples, H, A), generator, init.device)  # [B, S, H, Aw]
+        samples[:, 0] = init
+        actions, cost = best_of(samples, self.score(rollout_fn, objective, goal, samples))
+        return PlanResult(actions=actions, cost=cost)

@@ -1,0 +1,178 @@
+"""``wmplan-train``: train a NanoWM world model on a collected dataset (Hydra + Lightning).
+
+    wmplan-train env=wall data.path=data/wall model=mini training.max_steps=2000
+
+Runs resume from ``<out_dir>/checkpoints/latest.ckpt`` when it exists (same step,
+optimizer, EMA, RNG and batch stream). Multi-GPU / multi-node runs only change
+``training.devices``, ``training.num_nodes`` and ``training.strategy`` (DDP via Lightning).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+import hydra
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback, TQDMProgressBar
+from lightning.pytorch.loggers import TensorBoardLogger
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+from torch.utils.data._utils.collate import default_collate
+
+from wmplan.data.dataset import ClipDataset, load_dataset_info
+from wmplan.models.codecs import CodecConfig, LatentCodec, build_codec
+from wmplan.module import WorldModelModule
+
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
+
+
+class StepBatches(IterableDataset):
+    """Endless batch stream where batch k depends only on (seed, k, rank).
+
+    Starting at ``start`` after a resume yields exactly the batches the uninterrupted run
+    would have seen; with several loader workers, worker w produces batches w, w+n, ...,
+    which the DataLoader interleaves back into order.
+    """
+
+    def __init__(self, dataset: Dataset, batch_size: int, seed: int, start: int = 0, rank: int = 0):
+        self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
+        self.start, self.rank = start, rank
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        step = self.start + worker
+        while True:
+            rng = np.random.default_rng([self.seed, step, self.rank])
+            idx = rng.integers(0, len(self.dataset), self.batch_size)
+            yield default_collate([self.dataset[int(i)] for i in idx])
+            step += workers
+
+
+class AtomicCheckpoints(Callback):
+    """``latest.ckpt`` every N steps (atomic replace) plus periodic snapshots."""
+
+    def __init__(self, directory: str | Path, every_n_steps: int, snapshot_every_n_steps: int):
+        self.dir = Path(directory)
+        self.every, self.snapshot_every = every_n_steps, snapshot_every_n_steps
+        self.last_step = -1
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        step = trainer.global_step
+        if step == self.last_step:  # gradient accumulation: no optimizer step happened
+            return
+        self.last_step = step
+        if self.every and step % self.every == 0:
+            self.save(trainer, "latest.ckpt")
+        if self.snapshot_every and step % self.snapshot_every == 0:
+            self.save(trainer, f"step{step:07d}.ckpt")
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.save(trainer, "latest.ckpt")
+
+    def save(self, trainer: L.Trainer, name: str) -> Path:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        final, tmp = self.dir / name, self.dir / f".{name}.tmp"
+        trainer.save_checkpoint(tmp)  # every rank must call; rank 0 writes
+        if trainer.is_global_zero:
+            os.replace(tmp, final)
+        return final
+
+
+def build_datasets(cfg: DictConfig, codec: LatentCodec) -> tuple[Dataset, Dataset]:
+    """Train / val clip datasets; with ``data.latent_cache`` the frames are encoded once."""
+    d = cfg.data
+    kwargs = dict(num_frames=d.num_frames, frameskip=cfg.env.frameskip, val_fraction=d.val_fraction, seed=d.split_seed)
+    train = ClipDataset(d.path, split="train", **kwargs)
+    val = ClipDataset(d.path, split="val", **kwargs)
+    if d.latent_cache:
+        from wmplan.data.latent_cache import LatentClipDataset
+
+        train = LatentClipDataset(train, codec, keep_pixels=False)
+        val = LatentClipDataset(val, codec, keep_pixels=True)
+    return train, val
+
+
+def complete_config(cfg: DictConfig, codec: LatentCodec) -> DictConfig:
+    """Fill the model's data-dependent sizes (latent shape, action / proprio dims)."""
+    info = load_dataset_info(cfg.data.path)
+    if info["env_id"] != cfg.env.id:
+        raise ValueError(f"dataset {cfg.data.path} was collected on {info['env_id']}, config says {cfg.env.id}")
+    channels, height, width = codec.latent_shape
+    OmegaConf.set_struct(cfg, False)
+    cfg.model.latent_channels = channels
+    cfg.model.latent_size = height
+    cfg.model.action_dim = int(info["action_dim"]) * int(cfg.env.frameskip)
+    cfg.model.proprio_dim = int(info["proprio_dim"]) if cfg.data.use_proprio else 0
+    return cfg
+
+
+def validation_subset(dataset: Dataset, n: int, seed: int) -> torch.utils.data.Subset:
+    """A fixed set of validation clips (same seed, same clips)."""
+    rng = np.random.default_rng(seed)
+    idx = rng.choice(len(dataset), size=min(n, len(dataset)), replace=False)
+    return torch.utils.data.Subset(dataset, sorted(int(i) for i in idx))
+
+
+def build_trainer(cfg: DictConfig, out_dir: Path) -> L.Trainer:
+    t = cfg.training
+    loggers: list = [TensorBoardLogger(str(out_dir), name="tb", version="")]
+    if cfg.logging.wandb:
+        from lightning.pytorch.loggers import WandbLogger
+
+        loggers.append(WandbLogger(project=cfg.logging.wandb_project, save_dir=str(out_dir), offline=cfg.logging.wandb_offline))
+    callbacks = [
+        AtomicCheckpoints(out_dir / "checkpoints", cfg.checkpoint.every_n_steps, cfg.checkpoint.snapshot_every_n_steps),
+        TQDMProgressBar(refresh_rate=cfg.logging.progress_every),
+    ]
+    return L.Trainer(
+        max_steps=t.max_steps, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
+        strategy=t.strategy, precision=t.precision, gradient_clip_val=t.grad_clip,
+        accumulate_grad_batches=t.accumulate_grad_batches, val_check_interval=cfg.validation.every_n_steps * t.accumulate_grad_batches,
+        check_val_every_n_epoch=None, limit_val_batches=cfg.validation.num_batches, num_sanity_val_steps=0,
+        logger=loggers, callbacks=callbacks, enable_checkpointing=False, log_every_n_steps=cfg.logging.log_every,
+        default_root_dir=str(out_dir), deterministic=False, enable_model_summary=cfg.logging.model_summary,
+    )
+
+
+def train(cfg: DictConfig) -> Path:
+    """Train (or resume) a world model; returns the path of ``latest.ckpt``."""
+    L.seed_everything(cfg.training.seed, workers=True)
+    torch.set_float32_matmul_precision("high")
+    out_dir = Path(cfg.out_dir)
+    codec = build_codec(CodecConfig(**cfg.latent))
+    cfg = complete_config(cfg, codec)
+    train_set, val_set = build_datasets(cfg, codec)
+    module = WorldModelModule(cfg, codec=codec)
+    latest = out_dir / "checkpoints" / "latest.ckpt"
+    resume = latest if cfg.checkpoint.resume and latest.exists() else None
+    start_step = 0
+    if resume is None:
+        module.set_proprio_stats(*train_set.proprio_stats())
+    else:  # the batch stream must continue where the checkpoint stopped
+        start_step = int(torch.load(resume, map_location="cpu", weights_only=False)["global_step"])
+    trainer = build_trainer(cfg, out_dir)
+    t = cfg.training
+    train_loader = DataLoader(
+        StepBatches(train_set, t.batch_size, t.seed, start=start_step * t.accumulate_grad_batches, rank=trainer.global_rank),
+        batch_size=None, num_workers=t.num_workers, persistent_workers=t.num_workers > 0,
+    )
+    val_loader = DataLoader(
+        validation_subset(val_set, cfg.validation.num_clips, cfg.validation.seed),
+        batch_size=cfg.validation.batch_size, shuffle=False, num_workers=0,
+    )
+    trainer.fit(module, train_loader, val_loader, ckpt_path=str(resume) if resume else None)
+    return latest
+
+
+@hydra.main(config_path=CONFIG_DIR, config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    print(f"wmplan-train: checkpoint at {train(cfg)}")
+
+
+if __name__ == "__main__":
+    main()
