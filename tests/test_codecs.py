@@ -259,3 +259,14 @@ def test_configs_match_their_dataclasses():
             codec_cfg = CodecConfig(**OmegaConf.to_container(latent, resolve=True))
             assert codec_cfg.name == name and codec_cfg.image_size == 64
     assert codec_cfg.path is None or codec_cfg.path.startswith("/")  # unset env var -> null
+
+
+def test_train_vae_reads_a_clip_dataset(tmp_path):
+    from wmplan.data.collect import collect
+    from wmplan.envs.config import load_env_config
+
+    path = collect(load_env_config("wall"), episodes=3, policy="random", seed=0, out_dir=tmp_path / "wall", progress=False)
+    cfg = VAETrainConfig(block_out_channels=(8, 16), norm_num_groups=8, steps=2, batch_size=4, max_train_frames=40, max_val_frames=6)
+    result = train_vae(path, tmp_path / "vae", cfg)
+    assert result["train_frames"] == 40 and result["val_frames"] == 6
+    assert build_codec(CodecConfig(name="trained_vae", path=str(tmp_path / "vae"), image_size=64)).latent_shape == (4, 32, 32)

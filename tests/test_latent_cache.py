@@ -11,17 +11,17 @@ from wmplan.models.codecs import CodecConfig, build_codec
 
 class FakeClips(Dataset):
     """The public API of wmplan.data.dataset.ClipDataset over episodes stored in
-    `path/episodes.npz`: odd episodes are the validation split."""
+    `path/episodes.npz`: odd episodes are the validation split unless val_fraction is 0."""
 
     def __init__(self, path, num_frames, frameskip, split="train", val_fraction=0.1, seed=0):
-        self.path, self.frameskip, self.val_fraction, self.seed = path, frameskip, val_fraction, seed
+        self.path, self.frameskip = path, frameskip
         data = np.load(Path(path) / "episodes.npz")
         self.episodes = [data[k] for k in sorted(data.files)]  # each uint8 [L, H, W, 3]
         span = (num_frames - 1) * frameskip
         self.index = [
             (e, s)
             for e, ep in enumerate(self.episodes)
-            if (e % 2 == 1) == (split == "val")
+            if (e % 2 == 1 and val_fraction > 0) == (split == "val")
             for s in range(len(ep) - span)
         ]
         self.num_frames = num_frames
@@ -95,3 +95,19 @@ def test_missing_frame_and_corrupt_cache_are_errors(tmp_path):
     (folder / "keys.npy").write_bytes(b"corrupt")
     with pytest.raises(ValueError, match="unreadable"):
         LatentCache(folder)
+
+
+def test_real_clip_dataset(tmp_path):
+    from wmplan.data.collect import collect
+    from wmplan.data.dataset import ClipDataset
+    from wmplan.envs.config import load_env_config
+
+    path = collect(load_env_config("wall"), episodes=4, policy="random", seed=0, out_dir=tmp_path / "wall", progress=False)
+    codec = build_codec(CodecConfig(name="pixels", image_size=64, pixel_size=16))
+    for split, keep in (("train", False), ("val", True)):
+        clips = ClipDataset(path, num_frames=4, frameskip=5, split=split, val_fraction=0.25)
+        latent_clips = LatentClipDataset(clips, codec, keep_pixels=keep)
+        item, pixels = latent_clips[len(clips) - 1], clips[len(clips) - 1]["pixels"]
+        assert ("pixels" in item) == keep and item["actions"].shape == (3, 10)
+        torch.testing.assert_close(item["latents"], codec.encode(torch.from_numpy(pixels)[None])[0], atol=2e-3, rtol=0)
+    assert len(list((Path(path) / "latents").iterdir())) == 1

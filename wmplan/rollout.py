@@ -108,7 +108,8 @@ class WorldModel:
                 sampler: SamplerConfig | None = None, seed: int = 0) -> Prediction:
         """Predict H frames for S candidate action sequences per episode.
 
-        context: latents [B, C, h, w] or [B, Tc, C, h, w] (+ proprio [B, (Tc,) P]);
+        context: latents [B, C, h, w] or [B, Tc, C, h, w] (+ proprio [B, (Tc,) P] and, with
+        Tc > 1, the executed actions between context frames [B, Tc-1, Aw]);
         actions: [B, S, H, Aw]. Returns latents [B, S, H, C, h, w], proprio [B, S, H, P] | None.
         Candidates are processed in chunks of ``chunk_size`` to bound memory; gradients flow
         when enabled by the caller (gradient planners).
@@ -118,6 +119,11 @@ class WorldModel:
         flat_actions = actions.reshape(b * s, h, aw)
         ctx = latents.repeat_interleave(s, dim=0)  # [B*S, Tc, C, h, w]
         ctx_p = None if proprio is None else proprio.repeat_interleave(s, dim=0)
+        ctx_a = context.get("actions")
+        if ctx_a is not None and ctx_a.shape[1] > 0:
+            ctx_a = ctx_a.to(flat_actions.dtype).repeat_interleave(s, dim=0)  # [B*S, Tc-1, Aw]
+        else:
+            ctx_a = None
         cfg = sampler or self.sampler
         outs, outs_p = [], []
         for start in range(0, b * s, self.chunk_size):
@@ -127,6 +133,7 @@ class WorldModel:
                 self.model, self.module.diffusion, ctx[start:end],
                 None if ctx_p is None else ctx_p[start:end], flat_actions[start:end],
                 cfg, window=self.window, generator=generator,
+                context_actions=None if ctx_a is None else ctx_a[start:end],
             )
             outs.append(out)
             outs_p.append(out_p)

@@ -7,9 +7,9 @@ dataset's frames, so another codec or a re-collected dataset never reads a stale
 Folders are written under a temporary name and renamed: a cache is complete or absent.
 
 `LatentClipDataset` wraps a `ClipDataset` and adds `latents [T, C, h, w]` to its items.
-From `ClipDataset` it uses only the public API: the constructor arguments (kept as the
-attributes `path`, `frameskip`, `val_fraction`, `seed`), `len`, and items with
-`pixels`, `episode` and `start` (env step of the first frame).
+From `ClipDataset` it uses only the public API: the constructor, the attributes `path`
+and `frameskip`, `len`, and items with `pixels`, `episode` and `start` (env step of the
+first frame).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import ConcatDataset, Dataset
+from torch.utils.data import Dataset
 
 from wmplan.models.codecs import LatentCodec
 
@@ -112,14 +112,8 @@ class LatentClipDataset(Dataset):
 
 
 def all_frames(clips: Dataset) -> Dataset:
-    """Every frame of `clips`' dataset, both splits, as one-frame items (same class and split)."""
-    make = type(clips)
-    return ConcatDataset(
-        [
-            make(clips.path, num_frames=1, frameskip=1, split=split, val_fraction=clips.val_fraction, seed=clips.seed)
-            for split in ("train", "val")
-        ]
-    )
+    """Every frame of `clips`' dataset as one-frame items: its train split with nothing held out."""
+    return type(clips)(clips.path, num_frames=1, frameskip=1, split="train", val_fraction=0.0)
 
 
 def _build(frames: Sequence[dict], codec: LatentCodec, folder: Path, batch_size: int, key: str) -> None:

@@ -1,8 +1,9 @@
 """Attention for NanoWM: rotary position embeddings (1-D and 2-D), QK-RMSNorm self-attention
 along one axis of a [B, T, N, D] token grid, and the cross-attention used for action injection.
 
-Rotary tables are stored as one tensor ``rope [2, L, head_dim]`` (cos, signed sin) so that a
-layer needs a single argument; rotation pairs channel ``i`` with channel ``i + head_dim / 2``.
+Rotary tables are one tensor ``rope [2, L, head_dim]`` (cos, signed sin), so a layer takes a
+single argument; the model reshapes them to broadcast over its token layout. Rotation pairs
+channel ``i`` with channel ``i + head_dim / 2``.
 """
 
 from __future__ import annotations
@@ -89,10 +90,11 @@ class Attention(nn.Module):
         """``x [B, T, N, D]``; ``rope`` is ``[2, N, 1, hd]`` (space) or ``[2, T, 1, 1, hd]`` (time)."""
         B, T, N, D = x.shape
         q, k, v = self.qkv(x).view(B, T, N, 3, self.heads, self.head_dim).unbind(3)  # [B, T, N, H, hd]
-        # Norm and rotate in the token layout (contiguous, cheap), then permute views for SDPA.
+        # Norm and rotate in the token layout (their outputs are contiguous), then hand SDPA views.
         q = apply_rope(qk_norm(q, self.q_norm), rope)
         k = apply_rope(qk_norm(k, self.k_norm), rope)
-        to_heads = (0, 1, 3, 2, 4) if self.axis == "space" else (0, 2, 3, 1, 4)  # [B, T, H, N, hd] | [B, N, H, T, hd]
+        # space: [B, T, H, N, hd]; time: [B, N, H, T, hd]
+        to_heads = (0, 1, 3, 2, 4) if self.axis == "space" else (0, 2, 3, 1, 4)
         q, k, v = (z.permute(to_heads) for z in (q, k, v))
         out = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
         from_heads = (0, 1, 3, 2, 4) if self.axis == "space" else (0, 3, 1, 2, 4)

@@ -47,7 +47,9 @@ class NanoWMConfig:
         if h % p or w % p:
             raise ValueError(f"latent size {h}x{w} is not divisible by patch_size {p}")
         if self.width % self.heads or (self.width // self.heads) % 4:
-            raise ValueError(f"width / heads = {self.width}/{self.heads} must be an integer divisible by 4 (2-D RoPE)")
+            raise ValueError(
+                f"width / heads = {self.width}/{self.heads} must be an integer divisible by 4 (2-D RoPE)"
+            )
         if self.depth % 2:
             raise ValueError(f"depth counts spatial+temporal pairs and must be even, got {self.depth}")
         if self.proprio_dim < 0:
@@ -154,7 +156,9 @@ class Block(nn.Module):
         self.mlp = SwiGLU(D, int(cfg.mlp_ratio * D))
         self.modulation = nn.Linear(D, 6 * D)
 
-    def forward(self, x: Tensor, cond: Tensor, action: Tensor, null_action: Tensor | None, rope: Tensor) -> Tensor:
+    def forward(
+        self, x: Tensor, cond: Tensor, action: Tensor, null_action: Tensor | None, rope: Tensor
+    ) -> Tensor:
         """``x [B, T, N, D]``; ``cond``, ``action [B, T, D]`` per frame; ``rope`` for ``axis``."""
         x = self.action.tokens(x, action)
         mod = self.modulation(F.silu(cond))  # [B, T, 6D]
@@ -190,7 +194,8 @@ class NanoWM(nn.Module):
         # The proprio token sits last in each frame, unrotated (it has no place on the grid).
         rope_space = rope_2d(h // p, w // p, head_dim, extra_tokens=int(P > 0))[:, :, None]
         self.register_buffer("rope_space", rope_space, persistent=False)
-        self.register_buffer("rope_time", rope_1d(cfg.max_frames, head_dim)[:, :, None, None], persistent=False)
+        rope_time = rope_1d(cfg.max_frames, head_dim)[:, :, None, None]
+        self.register_buffer("rope_time", rope_time, persistent=False)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -280,5 +285,6 @@ class NanoWM(nn.Module):
         if not cfg.proprio_dim and proprio is not None:
             raise ValueError("proprio was given but the model has no proprio token (proprio_dim=0)")
         if action_mask is not None and (action_mask.dtype != torch.bool or tuple(action_mask.shape) != (B, T)):
-            raise ValueError(f"action_mask must be bool [B, T] = {[B, T]}, got {action_mask.dtype} {list(action_mask.shape)}")
+            got = f"{action_mask.dtype} {list(action_mask.shape)}"
+            raise ValueError(f"action_mask must be bool [B, T] = {[B, T]}, got {got}")
 

@@ -18,12 +18,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import hydra
 import numpy as np
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
 
 from wmplan.metrics import psnr, ssim
 from wmplan.models.codecs import CodecConfig, build_codec
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"  # the repo's, for an editable install
 
 
 @dataclass
@@ -177,14 +181,7 @@ def _replace_dir(src: Path, dst: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def main() -> None:
-    import hydra
-    from omegaconf import DictConfig, OmegaConf
-
-    @hydra.main(config_path="../../configs", config_name="train_vae", version_base="1.3")
-    def _run(cfg: DictConfig) -> None:
-        train_cfg = VAETrainConfig(**OmegaConf.to_container(cfg.train, resolve=True))
-        print(json.dumps(train_vae(cfg.dataset, cfg.out_dir, train_cfg)))
-
-    _run()
-
+@hydra.main(config_path=str(CONFIG_DIR), config_name="train_vae", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    train_cfg = VAETrainConfig(**OmegaConf.to_container(cfg.train, resolve=True))
+    print(json.dumps(train_vae(cfg.dataset, cfg.out_dir, train_cfg)))

@@ -125,7 +125,7 @@ def run_mpc(
         n = min(execute_k, remaining)
         actions = plan.actions[:, :n].detach().cpu().float()  # [B, n, Aw]
         state = obs_steps[-1]["state"].numpy()
-        executed = [execute(env, r, state[b], actions[b].numpy(), elapsed) for b, r in enumerate(records)]  # [B][n]
+        executed = [execute(env, r, s, a.numpy(), elapsed) for r, s, a in zip(records, state, actions)]  # [B][n]
         obs_steps += [obs_batch([episode[i] for episode in executed]) for i in range(n)]
         act_steps += list(actions.unbind(dim=1))
         init = torch.cat([plan.actions[:, n:], torch.zeros_like(plan.actions[:, :n])], dim=1)
@@ -160,7 +160,11 @@ def obs_batch(obs: Sequence[Mapping[str, np.ndarray]]) -> dict[str, torch.Tensor
 
 
 def make_context(
-    encode_fn: EncodeFn, obs_steps: list[dict[str, torch.Tensor]], act_steps: list[torch.Tensor], history: int, action_dim: int
+    encode_fn: EncodeFn,
+    obs_steps: list[dict[str, torch.Tensor]],
+    act_steps: list[torch.Tensor],
+    history: int,
+    action_dim: int,
 ) -> dict[str, torch.Tensor | None]:
     """The last ``history`` real observations, encoded, and the actions between them.
 
@@ -252,7 +256,9 @@ def write_results(
     return results
 
 
-def save_videos(records: Sequence[EpisodeRecord], out_dir: str | os.PathLike, fps: int = 4, fmt: str = "gif") -> list[Path]:
+def save_videos(
+    records: Sequence[EpisodeRecord], out_dir: str | os.PathLike, fps: int = 4, fmt: str = "gif"
+) -> list[Path]:
     """One video per episode (.gif or .mp4): executed frames, left, next to the goal image."""
     if fmt not in ("gif", "mp4"):
         raise ValueError(f"video format must be 'gif' or 'mp4', got {fmt!r}")

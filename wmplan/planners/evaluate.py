@@ -1,0 +1,96 @@
+"""``wmplan-plan``: goal-conditioned MPC evaluation of a world model (or a baseline).
+
+    wmplan-plan env=wall model=outputs/train/wall/checkpoints/latest.ckpt episodes=50
+    wmplan-plan env=wall model=oracle planner=cem_dino_wm     # true simulator: the upper bound
+    wmplan-plan env=wall model=random                          # random actions: the lower bound
+
+Writes ``results.json`` (success rate, distances, per-episode records, planning time per
+replan, config, checkpoint hash), GIFs of executed episodes next to the goal, and prints a
+one-line summary.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from wmplan.envs import make
+from wmplan.planners import build_objective, build_planner
+from wmplan.planners.mpc import run_mpc, sample_episodes, save_videos, summary_line, write_results
+from wmplan.planners.oracle import EnvDistance, OracleModel
+
+CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
+BASELINES = ("oracle", "random")
+
+
+def dataset_goals(path: str, n: int, offset: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """DINO-WM's dataset goals: (state t, state t + offset) from validation episodes."""
+    from wmplan.data.dataset import ClipDataset
+
+    pairs = ClipDataset(path, num_frames=2, frameskip=offset, split="val", seed=0)
+    if len(pairs) == 0:
+        raise ValueError(f"dataset {path} has no validation window of {offset} steps for goals")
+    idx = np.random.default_rng(seed).choice(len(pairs), size=n, replace=len(pairs) < n)
+    return [(pairs[int(i)]["states"][0], pairs[int(i)]["states"][1]) for i in idx]
+
+
+def episodes_for(cfg: DictConfig, env) -> list[tuple[np.ndarray, np.ndarray]]:
+    if cfg.goals.source == "env":
+        return sample_episodes(env, cfg.episodes, cfg.seed)
+    if cfg.goals.source == "dataset":
+        return dataset_goals(cfg.goals.dataset, cfg.episodes, cfg.goals.offset, cfg.seed)
+    raise ValueError(f"goals.source must be 'env' or 'dataset', got {cfg.goals.source!r}")
+
+
+def model_and_objective(cfg: DictConfig, env) -> tuple[Any, Any, Any, str | None]:
+    """(encode_fn, make_rollout_fn, objective, checkpoint hash) for ``cfg.model``."""
+    if cfg.model in BASELINES:
+        oracle = OracleModel(env)
+        return oracle.encode, oracle.make_rollout_fn, EnvDistance(env), None
+    from wmplan.rollout import WorldModel
+
+    wm = WorldModel.from_checkpoint(cfg.model, sampler=OmegaConf.to_container(cfg.sampler), chunk_size=cfg.chunk_size)
+    if wm.env_id != cfg.env.id:
+        raise ValueError(f"checkpoint {cfg.model} was trained on {wm.env_id}, not {cfg.env.id}")
+
+    def make_rollout_fn(context):
+        return lambda actions: wm.rollout(context, actions, seed=cfg.seed)
+
+    return wm.encode, make_rollout_fn, build_objective(cfg.objective), wm.checkpoint_hash
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Run the MPC protocol of ``cfg``; returns the results dict that was written."""
+    torch.manual_seed(cfg.seed)
+    env = make(cfg.env.id, frameskip=cfg.env.frameskip, resolution=cfg.env.resolution, **cfg.env.env_kwargs)
+    episodes = episodes_for(cfg, env)
+    encode_fn, make_rollout_fn, objective, ckpt_hash = model_and_objective(cfg, env)
+    planner = build_planner({"name": "random"} if cfg.model == "random" else cfg.planner)
+    records = run_mpc(
+        env, planner, objective, encode_fn, make_rollout_fn, episodes,
+        budget_env_steps=cfg.budget_env_steps, execute_k=cfg.execute_k, horizon=cfg.horizon,
+        history=cfg.history, seed=cfg.seed,
+    )
+    out_dir = Path(cfg.out_dir)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    checkpoint = None if cfg.model in BASELINES else cfg.model
+    results = write_results(out_dir / "results.json", records, config, checkpoint, ckpt_hash)
+    if cfg.videos:
+        save_videos(records[: cfg.videos], out_dir / "videos", fmt=cfg.video_format)
+    results["summary"] = summary_line(records, label=f"{cfg.env.name} {Path(str(cfg.model)).name}")
+    env.close()
+    return results
+
+
+@hydra.main(config_path=CONFIG_DIR, config_name="plan", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    print(evaluate(cfg)["summary"])
+
+
+if __name__ == "__main__":
+    main()
