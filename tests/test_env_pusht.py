@@ -8,9 +8,12 @@ from wmplan.envs.pusht import (
     T_FILL,
     WALL_HI,
     WALL_LO,
+    T_OUTLINE,
     Pusher,
     PushTEnv,
     block_center,
+    block_on_table,
+    rotation,
 )
 
 
@@ -104,11 +107,12 @@ def test_sample_start_and_goal(env):
     np.testing.assert_array_equal(again[1], goals[0])
     for s in starts:
         assert 50 <= s[0] <= 450 and 100 <= s[2] <= 400 and np.all(s[5:] == 0)
+        assert block_on_table(s)
     moved = [np.linalg.norm(block_center(g) - block_center(s)) > 5 for s, g in zip(starts, goals)]
     assert np.mean(moved) >= 0.75  # the 25-step pusher goal moves the block
 
 
-def test_pusher_moves_the_block_in_most_episodes(env):
+def test_pusher_moves_the_block_in_most_episodes_and_keeps_it_on_the_table(env):
     moved = 0
     for episode in range(10):
         rng = np.random.default_rng(episode)
@@ -117,6 +121,9 @@ def test_pusher_moves_the_block_in_most_episodes(env):
         pusher = Pusher(rng, noise=0.2)
         for _ in range(60):
             env._apply_action(env._check_action(pusher(env.get_state())))
+            s = env.get_state()
+            corners = s[2:4] + T_OUTLINE @ rotation(s[4]).T
+            assert corners.min() > WALL_LO - 2 and corners.max() < WALL_HI + 2  # not through a wall
         moved += np.linalg.norm(block_center(env.get_state()) - block_center(start)) > 5
     assert moved >= 8
 

@@ -76,8 +76,8 @@ def test_state_round_trip_and_simulate_match_step(env_id):
 def test_render_state_and_goal_api(env_id):
     env = make(env_id)
     env.reset(seed=1)
-    current = env.get_state()
     start, goal = env.sample_start_and_goal(np.random.default_rng(0))
+    current = env.get_state()
     goal_image = env.render_state(goal)
     np.testing.assert_array_equal(env.get_state(), current)
     assert goal_image.shape == (64, 64, 3) and goal_image.dtype == np.uint8
@@ -105,9 +105,10 @@ def test_sync_vector_env(env_id):
 
 @pytest.mark.parametrize("env_id", ENV_IDS)
 def test_async_vector_env_matches_sync(env_id):
-    fns = [lambda: gym.make(env_id) for _ in range(2)]
+    # "spawn": a forked worker hangs in EGL if this process already rendered with MuJoCo.
+    fns = [lambda: wmplan.envs.make(env_id) for _ in range(2)]  # importable in a spawned worker
     results = []
-    for envs in (gym.vector.SyncVectorEnv(fns), gym.vector.AsyncVectorEnv(fns)):
+    for envs in (gym.vector.SyncVectorEnv(fns), gym.vector.AsyncVectorEnv(fns, context="spawn")):
         obs, _ = envs.reset(seed=4)
         envs.action_space.seed(4)
         obs, _, _, _, infos = envs.step(envs.action_space.sample())

@@ -73,7 +73,7 @@ class WorldModelModule(L.LightningModule):
     # -- training -------------------------------------------------------------------
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         latents = self.batch_latents(batch)  # [B, T, C, h, w]
-        generator = self._step_generator(latents.device)
+        generator = self._step_generator(latents.device, batch_idx)
         loss, per_frame = self.diffusion.training_loss(
             self.model, latents, batch["actions"].float(),
             self.normalize_proprio(batch.get("proprio")), generator=generator,
@@ -85,13 +85,22 @@ class WorldModelModule(L.LightningModule):
             self.log(f"train/loss_frame{i}", value, sync_dist=True)
         return loss
 
-    def _step_generator(self, device: torch.device) -> torch.Generator:
-        """Noise for step k depends only on (seed, k, rank): resumed runs draw the same noise."""
-        seed = int(self.cfg.training.seed) * 1_000_003 + self.global_step * 97 + self.global_rank
+    def _step_generator(self, device: torch.device, batch_idx: int = 0) -> torch.Generator:
+        """Noise for micro-batch k depends only on (seed, k, rank): resumed runs draw the same
+        noise. With gradient accumulation each micro-batch of a step gets its own noise."""
+        accumulate = int(self.cfg.training.accumulate_grad_batches)
+        micro = self.global_step * accumulate + batch_idx % accumulate
+        seed = int(self.cfg.training.seed) * 1_000_003 + micro * 97 + self.global_rank
         return torch.Generator(device=device).manual_seed(seed)
 
+    def on_train_start(self) -> None:
+        self._ema_step = self.global_step  # after a resume: the restored step
+
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self.ema.update_parameters(self.model)
+        # One EMA update per optimizer step, not per accumulated micro-batch.
+        if self.global_step != getattr(self, "_ema_step", -1):
+            self._ema_step = self.global_step
+            self.ema.update_parameters(self.model)
 
     def configure_optimizers(self):
         t = self.cfg.training

@@ -112,7 +112,9 @@ class WorldModel:
         Tc > 1, the executed actions between context frames [B, Tc-1, Aw]);
         actions: [B, S, H, Aw]. Returns latents [B, S, H, C, h, w], proprio [B, S, H, P] | None.
         Candidates are processed in chunks of ``chunk_size`` to bound memory; gradients flow
-        when enabled by the caller (gradient planners).
+        when enabled by the caller (gradient planners). The sampling noise of candidate
+        ``b * S + s`` comes from its own generator seeded by ``(seed, b * S + s)``, so results
+        do not depend on ``chunk_size`` (one generator per chunk made them depend on it).
         """
         latents, proprio = self._check_rollout_inputs(context, actions)
         b, s, h, aw = actions.shape
@@ -128,7 +130,7 @@ class WorldModel:
         outs, outs_p = [], []
         for start in range(0, b * s, self.chunk_size):
             end = start + self.chunk_size
-            generator = torch.Generator().manual_seed(seed + start)
+            generator = [torch.Generator().manual_seed(candidate_seed(seed, i)) for i in range(start, min(end, b * s))]
             out, out_p = generate(
                 self.model, self.module.diffusion, ctx[start:end],
                 None if ctx_p is None else ctx_p[start:end], flat_actions[start:end],
@@ -155,6 +157,17 @@ class WorldModel:
         if self.uses_proprio and proprio is None:
             raise ValueError("this world model needs context proprio")
         return latents, (proprio if self.uses_proprio else None)
+
+
+def candidate_seed(seed: int, index: int) -> int:
+    """32-bit seed of candidate ``index``'s sampling noise: a splitmix64 hash of (seed, index).
+
+    Hashed to 32 bits because torch's CPU generator (mt19937) ignores a seed's high 32 bits.
+    """
+    x = (int(seed) * 0x9E3779B97F4A7C15 + int(index) + 1) & 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return (x ^ (x >> 31)) >> 32
 
 
 def planning_sampler(objective: str, steps: int = 3) -> SamplerConfig:

@@ -152,7 +152,8 @@ def train(cfg: DictConfig) -> Path:
     resume = latest if cfg.checkpoint.resume and latest.exists() else None
     start_step = 0
     if resume is None:
-        module.set_proprio_stats(*train_set.proprio_stats())
+        clips = getattr(train_set, "clips", train_set)  # the ClipDataset under a latent cache
+        module.set_proprio_stats(*clips.proprio_stats())
     else:  # the batch stream must continue where the checkpoint stopped
         start_step = int(torch.load(resume, map_location="cpu", weights_only=False)["global_step"])
     trainer = build_trainer(cfg, out_dir)
@@ -165,7 +166,9 @@ def train(cfg: DictConfig) -> Path:
         validation_subset(val_set, cfg.validation.num_clips, cfg.validation.seed),
         batch_size=cfg.validation.batch_size, shuffle=False, num_workers=0,
     )
-    trainer.fit(module, train_loader, val_loader, ckpt_path=str(resume) if resume else None)
+    # weights_only=False: our own checkpoint holds numpy RNG state, which torch>=2.6's
+    # default safe loader refuses (resuming failed with UnpicklingError)
+    trainer.fit(module, train_loader, val_loader, ckpt_path=str(resume) if resume else None, weights_only=False)
     return latest
 
 

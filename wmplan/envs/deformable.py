@@ -37,8 +37,8 @@ MAX_SHIFT = 0.12  # goal translation per axis, like DINO-WM's U(-1, 1) for its F
 TIMESTEP = 0.004
 PUSH_SPEED = 0.5  # m/s, also the speed of lowering and lifting
 PUSHER_RADIUS = 0.015
-PUSH_Z = PUSHER_RADIUS + 0.003  # capsule centre height of the pusher's lower cap while pushing
-LIFT_Z = 0.12  # well above anything lying on the table
+PUSH_Z = PUSHER_RADIUS + 0.003  # lower-cap centre height while pushing: 3 mm above the table
+LIFT_Z = 0.05  # lower-cap centre height when lifted: clear of the rope (0.024 m high)
 SETTLE_STEPS = 50  # physics steps after each push (0.2 s)
 RESET_SETTLE_STEPS = 100  # physics steps that let sampled starts and goals come to rest
 SUCCESS_THRESHOLD = 0.02  # Chamfer distance (m): about one segment diameter in total
@@ -72,11 +72,14 @@ def _scene_xml(objects: str) -> str:
   </option>
   <visual>
     <headlight ambient="0.7 0.7 0.7" diffuse="0.3 0.3 0.3" specular="0 0 0"/>
-    <quality shadowsize="0"/>
+    <!-- No shadows and coarse sphere meshes: objects span a few pixels, and software
+         rendering cost grows with the triangle count. -->
+    <quality shadowsize="0" numslices="12" numstacks="6"/>
     <global offwidth="1024" offheight="1024"/>
   </visual>
   <default>
-    <geom friction="0.6 0.005 0.001" condim="6" density="1000"/>
+    <!-- Rolling friction stops a grain shoved at push speed within a few centimetres. -->
+    <geom friction="0.6 0.005 0.005" condim="6" density="1000"/>
     <joint armature="1e-5"/>
   </default>
   <worldbody>
@@ -132,6 +135,13 @@ def _shift_on_table(xy: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(rng.uniform(-MAX_SHIFT, MAX_SHIFT, size=2), low, high)
 
 
+def _line(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Waypoints [n, 3] from ``a`` (excluded) to ``b`` (included), PUSH_SPEED apart per step."""
+    n = max(1, int(np.ceil(np.linalg.norm(b - a) / (PUSH_SPEED * TIMESTEP))))
+    return a + (b - a) * (np.arange(1, n + 1) / n)[:, None]
+
+
+
 class TablePushEnv(GoalEnv):
     """Shared table, pusher, state, rendering and Chamfer evaluation of Rope and Granular.
 
@@ -151,14 +161,16 @@ class TablePushEnv(GoalEnv):
     ):
         super().__init__(resolution=resolution, render_mode=render_mode)
         if not (np.isfinite(success_threshold) and success_threshold > 0):
-            raise ValueError(f"success_threshold must be a positive distance in metres, got {success_threshold}")
+            raise ValueError(
+                f"success_threshold must be a positive distance in metres, got {success_threshold}"
+            )
         self.success_threshold = float(success_threshold)
         self.model = mujoco.MjModel.from_xml_string(_scene_xml(self._objects_xml()))
         self.data = mujoco.MjData(self.model)
         self._scratch = mujoco.MjData(self.model)  # kinematics of states other than the current one
         self._renderer: mujoco.Renderer | None = None
-        ids = [mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_GEOM, f"p{i}") for i in range(self.num_particles)]
-        self._particle_geoms = np.array(ids)
+        names = [f"p{i}" for i in range(self.num_particles)]
+        self._particle_geoms = np.array([self.model.geom(name).id for name in names])
         pusher_x = self.model.joint("pusher_x")
         self._pusher_qpos = slice(pusher_x.qposadr[0], pusher_x.qposadr[0] + 3)
         self._pusher_dof = slice(pusher_x.dofadr[0], pusher_x.dofadr[0] + 3)
@@ -209,20 +221,19 @@ class TablePushEnv(GoalEnv):
 
     def evaluate(self, state: np.ndarray, goal_state: np.ndarray) -> dict[str, Any]:
         """Chamfer distance (m) between particle centres; success below ``success_threshold``."""
-        distance = chamfer_distance(self.particle_positions(state), self.particle_positions(goal_state))
+        points, goal_points = self.particle_positions(state), self.particle_positions(goal_state)
+        distance = chamfer_distance(points, goal_points)
         return {"success": distance < self.success_threshold, "distance": distance}
 
     # -- hooks ----------------------------------------------------------------------
     def _apply_action(self, action: np.ndarray) -> None:
         start, end = action[:2] * WORKSPACE, action[2:] * WORKSPACE
         self.data.qpos[self._pusher_qpos] = [*start, LIFT_Z]  # travel above everything
-        self.data.qvel[self._pusher_dof] = 0.0
         above, down = np.array([*start, LIFT_Z]), np.array([*start, PUSH_Z])
         end_down, end_up = np.array([*end, PUSH_Z]), np.array([*end, LIFT_Z])
-        path = np.concatenate(
-            [_line(above, down), _line(down, end_down), _line(end_down, end_up), np.repeat(end_up[None], SETTLE_STEPS, 0)]
-        )
-        self._drive(path)
+        hold = np.repeat(end_up[None], SETTLE_STEPS, axis=0)
+        path = [_line(above, down), _line(down, end_down), _line(end_down, end_up), hold]
+        self._drive(np.concatenate(path))
 
     def _render(self) -> np.ndarray:
         if self._renderer is None:
@@ -264,7 +275,9 @@ class TablePushEnv(GoalEnv):
         self._drive(np.repeat(parked[None], RESET_SETTLE_STEPS, 0))
         return self.get_state()
 
-    def _transform(self, qpos: np.ndarray, angle: float, scale: float, rng: np.random.Generator) -> np.ndarray:
+    def _transform(
+        self, qpos: np.ndarray, angle: float, scale: float, rng: np.random.Generator
+    ) -> np.ndarray:
         """``qpos`` with the objects rotated by ``angle`` about z and scaled by ``scale`` about
         their particles' xy centroid, then shifted by ``_shift_on_table``.
 
@@ -281,12 +294,6 @@ class TablePushEnv(GoalEnv):
         out[pos] = (qpos[pos] - pivot) @ linear.T + pivot + shift
         out[quat] = _quat_mul(_quat_z(angle), qpos[quat])
         return out
-
-
-def _line(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Waypoints [n, 3] from ``a`` (excluded) to ``b`` (included), PUSH_SPEED apart per step."""
-    n = max(1, int(np.ceil(np.linalg.norm(b - a) / (PUSH_SPEED * TIMESTEP))))
-    return a + (b - a) * (np.arange(1, n + 1) / n)[:, None]
 
 
 
@@ -322,7 +329,8 @@ class RopeEnv(TablePushEnv):
                 f'<body pos="{SEGMENT_LENGTH} 0 0"><joint type="ball" damping="{ROPE_DAMPING}"/>'
                 f"{segment(i)}{chain}</body>"
             )
-        return f'<body pos="0 0 {ROPE_RADIUS}"><freejoint/>{segment(0)}{chain}</body>'
+        start = -ROPE_SEGMENTS * SEGMENT_LENGTH / 2  # a straight rope is centred on the origin
+        return f'<body pos="{start} 0 {ROPE_RADIUS}"><freejoint/>{segment(0)}{chain}</body>'
 
     def _start_qpos(self, rng: np.random.Generator) -> np.ndarray:
         qpos = self.model.qpos0.copy()
@@ -340,7 +348,10 @@ GRAIN_RADIUS = 0.0075
 GOAL_SCALE = (0.6, 0.9)  # DINO-WM's granular goal: the pile scaled by U(0.6, 0.9)
 # Start grains are this far apart at least, so even the 0.6-scaled goal has no overlaps.
 GRAIN_SPACING = 2 * GRAIN_RADIUS / GOAL_SCALE[0] * 1.02
-_GRAIN_RGBA = "0.1 0.25 0.85 1"
+# Free-joint damping: it all but stops spinning (a grain's rotational inertia is tiny),
+# so shoved grains slide to a halt like sand instead of rolling across the table.
+GRAIN_DAMPING = 0.02
+_GRAIN_RGBA = "0.05 0.15 0.75 1"
 
 
 class GranularEnv(TablePushEnv):
@@ -357,10 +368,14 @@ class GranularEnv(TablePushEnv):
     def _objects_xml(self) -> str:
         # Compile-time positions only need to be apart; every reset places the grains.
         cols = int(np.ceil(np.sqrt(NUM_GRAINS)))
+        grain = (
+            f'<joint type="free" damping="{GRAIN_DAMPING}"/>'
+            f'<geom name="p{{i}}" type="sphere" size="{GRAIN_RADIUS}" rgba="{_GRAIN_RGBA}"/>'
+        )
+        row, col = np.divmod(np.arange(NUM_GRAINS), cols)
+        x, y = 0.03 * (col - cols / 2), 0.03 * (row - cols / 2)
         return "\n".join(
-            f'<body pos="{(i % cols - cols / 2) * 0.03} {(i // cols - cols / 2) * 0.03} {GRAIN_RADIUS}">'
-            f'<freejoint/><geom name="p{i}" type="sphere" size="{GRAIN_RADIUS}" rgba="{_GRAIN_RGBA}"/></body>'
-            for i in range(NUM_GRAINS)
+            f'<body pos="{x[i]} {y[i]} {GRAIN_RADIUS}">{grain.format(i=i)}</body>' for i in range(NUM_GRAINS)
         )
 
     def _start_qpos(self, rng: np.random.Generator) -> np.ndarray:
@@ -368,9 +383,9 @@ class GranularEnv(TablePushEnv):
         n = int(np.ceil(np.sqrt(NUM_GRAINS))) + 4
         i, j = np.meshgrid(np.arange(-n, n + 1), np.arange(-n, n + 1))
         points = lattice * np.stack([i + 0.5 * j, j * np.sqrt(3) / 2], axis=-1).reshape(-1, 2)
-        # The grains nearest the centre under a random elliptic metric form the pile.
+        # The grains nearest the centre under an elliptic metric form the pile;
+        # _transform below turns it to a random orientation.
         aspect = np.array([1.0, rng.uniform(0.6, 1.0)])
-        points = points @ _rotation_z(rng.uniform(0, np.pi)).T
         points = points[np.argsort(np.linalg.norm(points / aspect, axis=1))[:NUM_GRAINS]]
         radius = (lattice - GRAIN_SPACING) / 2 * np.sqrt(rng.uniform(size=NUM_GRAINS))
         angle = rng.uniform(0, 2 * np.pi, size=NUM_GRAINS)

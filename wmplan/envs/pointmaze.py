@@ -63,7 +63,7 @@ def cell_of(xy: np.ndarray) -> tuple[int, int]:
 def shortest_path(
     grid: np.ndarray, start: tuple[int, int], goal: tuple[int, int]
 ) -> list[tuple[int, int]]:
-    """Breadth-first shortest 4-connected path of free cells from ``start`` to ``goal``, both included."""
+    """Shortest 4-connected path of free cells (BFS) from ``start`` to ``goal``, both included."""
     for name, cell in (("start", start), ("goal", goal)):
         if not _is_free(grid, cell):
             raise ValueError(f"{name} cell {cell} is not a free cell of the maze")
@@ -91,17 +91,40 @@ def _is_free(grid: np.ndarray, cell: tuple[int, int]) -> bool:
     return 0 <= i < grid.shape[0] and 0 <= j < grid.shape[1] and bool(grid[i, j])
 
 
+def _wall_rectangles(grid: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """Cover the wall cells with few rectangles ``(i0, j0, i1, j1)`` (inclusive corners).
+
+    Rendering cost grows with the number of geoms (each is a draw call), so adjacent wall
+    cells share one box: greedily grow right, then down, from each uncovered wall cell.
+    """
+    todo = ~grid
+    rects = []
+    for i0, j0 in np.argwhere(~grid):
+        if not todo[i0, j0]:
+            continue
+        j1 = j0
+        while j1 + 1 < grid.shape[1] and todo[i0, j1 + 1]:
+            j1 += 1
+        i1 = i0
+        while i1 + 1 < grid.shape[0] and todo[i1 + 1, j0 : j1 + 1].all():
+            i1 += 1
+        todo[i0 : i1 + 1, j0 : j1 + 1] = False
+        rects.append((int(i0), int(j0), int(i1), int(j1)))
+    return rects
+
+
 def _maze_xml(grid: np.ndarray) -> str:
     """MJCF of the maze: D4RL's ball and motors, walls as boxes, a flat-lit top-down camera."""
     rows, cols = grid.shape
     walls = "\n".join(
-        f'<geom type="box" pos="{i} {j} 0" size="0.5 0.5 0.2" rgba="{_WALL_RGBA}"/>'
-        for i, j in zip(*np.nonzero(~grid))
+        f'<geom type="box" pos="{(i0 + i1) / 2} {(j0 + j1) / 2} 0" '
+        f'size="{(i1 - i0 + 1) / 2} {(j1 - j0 + 1) / 2} 0.2" rgba="{_WALL_RGBA}"/>'
+        for i0, j0, i1, j1 in _wall_rectangles(grid)
     )
     # Orthographic: fovy is the visible height in metres, so the whole maze just fits.
     return f"""
 <mujoco model="pointmaze">
-  <compiler inertiafromgeom="true" angle="radian"/>
+  <compiler inertiafromgeom="true"/>
   <!-- Warm starts would make the contact solve depend on hidden solver history;
        without them (qpos, qvel) is the complete state. -->
   <option timestep="0.01" gravity="0 0 0" iterations="20" integrator="Euler">
@@ -117,15 +140,17 @@ def _maze_xml(grid: np.ndarray) -> str:
     <geom friction=".5 .1 .1" density="1000" margin="0.002" condim="1" contype="2" conaffinity="1"/>
   </default>
   <worldbody>
-    <geom name="floor" type="plane" size="40 40 0.1" pos="0 0 -0.2" rgba="{_FLOOR_RGBA}"
-          contype="0" conaffinity="0"/>
+    <!-- A box, not a plane: MuJoCo draws planes as a fine grid, which is slow to render. -->
+    <geom name="floor" type="box" size="{rows} {cols} 0.1" rgba="{_FLOOR_RGBA}"
+          pos="{(rows - 1) / 2} {(cols - 1) / 2} -0.3" contype="0" conaffinity="0"/>
     <camera name="top" mode="fixed" projection="orthographic" fovy="{max(rows, cols)}"
             pos="{(rows - 1) / 2} {(cols - 1) / 2} 5" xyaxes="0 1 0 -1 0 0"/>
     <body name="ball">
       <joint name="ball_x" type="slide" axis="1 0 0"/>
       <joint name="ball_y" type="slide" axis="0 1 0"/>
+      <!-- The collision sphere is hidden (group 3); a larger marker (as D4RL's site) is drawn
+           instead so the ball spans a few pixels even at 64 px in the large maze. -->
       <geom name="ball" type="sphere" size="{BALL_RADIUS}" contype="1" group="3"/>
-      <!-- Drawn larger than the collision sphere (as D4RL's site) so it spans pixels at 64 px. -->
       <site name="marker" type="sphere" size="0.2" pos="0 0 0.25" rgba="{_BALL_RGBA}"/>
     </body>
     {walls}
@@ -143,7 +168,9 @@ class PointMazeEnv(GoalEnv):
     state_dim = 4
     proprio_dim = 4
 
-    def __init__(self, maze: str = "umaze", resolution: int = 64, render_mode: str | None = "rgb_array"):
+    def __init__(
+        self, maze: str = "umaze", resolution: int = 64, render_mode: str | None = "rgb_array"
+    ):
         super().__init__(resolution=resolution, render_mode=render_mode)
         self.maze = maze
         self.grid = maze_grid(maze)
@@ -185,6 +212,8 @@ class PointMazeEnv(GoalEnv):
         self.data.ctrl[:] = action
         mujoco.mj_step(self.model, self.data, nstep=FRAME_SKIP)
         np.clip(self.data.qvel, -MAX_SPEED, MAX_SPEED, out=self.data.qvel)
+        # mj_step leaves body poses one substep behind qpos; refresh them for rendering.
+        mujoco.mj_forward(self.model, self.data)
 
     def _render(self) -> np.ndarray:
         if self._renderer is None:

@@ -74,6 +74,12 @@ def block_center(state: np.ndarray) -> np.ndarray:
     return state[2:4] + rotation(state[4]) @ T_CENTER
 
 
+def block_on_table(state: np.ndarray) -> bool:
+    """Whether the whole T lies inside the walls in ``state``."""
+    corners = state[2:4] + T_OUTLINE @ rotation(state[4]).T  # [8, 2]
+    return bool(np.all((corners > WALL_LO) & (corners < WALL_HI)))
+
+
 class PushTEnv(GoalEnv):
     """Push the T block to the goal pose; observation = top-down image + agent pos/vel."""
 
@@ -150,7 +156,7 @@ class PushTEnv(GoalEnv):
 
     # -- goal API -----------------------------------------------------------------
     def sample_start_and_goal(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """Uniform start (DINO-WM's ranges, agent clear of the block); goal = 25 pusher steps later."""
+        """Uniform start (DINO-WM's ranges; T on the table, agent clear of it); goal = 25 pusher steps later."""
         start = self._sample_start(rng)
         pusher = Pusher(rng, noise=GOAL_NOISE)
         saved = self.get_state()
@@ -165,7 +171,7 @@ class PushTEnv(GoalEnv):
         while True:
             agent, block = rng.uniform(50, 450, 2), rng.uniform(100, 400, 2)
             state = np.concatenate([agent, block, [rng.uniform(-np.pi, np.pi)], np.zeros(5)])
-            if not self._agent_touches_block(state):
+            if block_on_table(state) and not self._agent_touches_block(state):
                 return state
 
     def _agent_touches_block(self, state: np.ndarray) -> bool:
@@ -213,6 +219,7 @@ class Pusher:
     ORBIT = T_EXTENT + AGENT_RADIUS + 12.0  # circle the block this far from its centre
     ORBIT_STEP = np.pi / 4  # next waypoint this far round the orbit (chord clears the T)
     ALIGNED = np.radians(30)  # agent within this angle of "behind": push
+    BACK_OFF = 0.8  # closer than this fraction of ORBIT: move out before circling
     LEAD = 40.0  # push toward a point this far past the block's centre
     ARRIVED = 15.0
     SPEED = 0.5  # largest action norm before noise: at most ~25 px per step, a gentle push
@@ -233,12 +240,14 @@ class Pusher:
         push = (self.target - center) / np.linalg.norm(self.target - center)  # unit [2]
         rel = agent - center
         behind, now = np.arctan2(-push[1], -push[0]), np.arctan2(rel[1], rel[0])
-        gap = (behind - now + np.pi) % (2 * np.pi) - np.pi
-        if abs(gap) > self.ALIGNED:  # go round the block, never through it
-            heading = now + np.sign(gap) * min(abs(gap), self.ORBIT_STEP)
-            waypoint = center + self.ORBIT * np.array([np.cos(heading), np.sin(heading)])
-        else:
+        gap = (behind - now + np.pi) % (2 * np.pi) - np.pi  # signed angle still to go round
+        if abs(gap) <= self.ALIGNED:
             waypoint = center + self.LEAD * push
+        else:  # go round the block the shorter way, never through it
+            # Back straight out to the orbit first: turning from close in drags the T along.
+            step = self.ORBIT_STEP if np.linalg.norm(rel) > self.BACK_OFF * self.ORBIT else 0.0
+            heading = now + np.sign(gap) * min(abs(gap), step)
+            waypoint = center + self.ORBIT * np.array([np.cos(heading), np.sin(heading)])
         waypoint = np.clip(waypoint, WALL_LO + AGENT_RADIUS, WALL_HI - AGENT_RADIUS)
         action = (waypoint - agent) / ACTION_SCALE
         action *= min(1.0, self.SPEED / max(np.linalg.norm(action), 1e-9))

@@ -1,8 +1,8 @@
 """``wmplan-plan``: goal-conditioned MPC evaluation of a world model (or a baseline).
 
-    wmplan-plan env=wall model=outputs/train/wall/checkpoints/latest.ckpt episodes=50
-    wmplan-plan env=wall model=oracle planner=cem_dino_wm     # true simulator: the upper bound
-    wmplan-plan env=wall model=random                          # random actions: the lower bound
+    wmplan-plan env=wall world_model=outputs/train/wall/checkpoints/latest.ckpt episodes=50
+    wmplan-plan env=wall world_model=oracle planner=cem_dino_wm     # true simulator: the upper bound
+    wmplan-plan env=wall world_model=random                          # random actions: the lower bound
 
 Writes ``results.json`` (success rate, distances, per-episode records, planning time per
 replan, config, checkpoint hash), GIFs of executed episodes next to the goal, and prints a
@@ -48,15 +48,15 @@ def episodes_for(cfg: DictConfig, env) -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 def model_and_objective(cfg: DictConfig, env) -> tuple[Any, Any, Any, str | None]:
-    """(encode_fn, make_rollout_fn, objective, checkpoint hash) for ``cfg.model``."""
-    if cfg.model in BASELINES:
+    """(encode_fn, make_rollout_fn, objective, checkpoint hash) for ``cfg.world_model``."""
+    if cfg.world_model in BASELINES:
         oracle = OracleModel(env)
         return oracle.encode, oracle.make_rollout_fn, EnvDistance(env), None
     from wmplan.rollout import WorldModel
 
-    wm = WorldModel.from_checkpoint(cfg.model, sampler=OmegaConf.to_container(cfg.sampler), chunk_size=cfg.chunk_size)
+    wm = WorldModel.from_checkpoint(cfg.world_model, sampler=OmegaConf.to_container(cfg.sampler), chunk_size=cfg.chunk_size)
     if wm.env_id != cfg.env.id:
-        raise ValueError(f"checkpoint {cfg.model} was trained on {wm.env_id}, not {cfg.env.id}")
+        raise ValueError(f"checkpoint {cfg.world_model} was trained on {wm.env_id}, not {cfg.env.id}")
 
     def make_rollout_fn(context):
         return lambda actions: wm.rollout(context, actions, seed=cfg.seed)
@@ -70,7 +70,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     env = make(cfg.env.id, frameskip=cfg.env.frameskip, resolution=cfg.env.resolution, **cfg.env.env_kwargs)
     episodes = episodes_for(cfg, env)
     encode_fn, make_rollout_fn, objective, ckpt_hash = model_and_objective(cfg, env)
-    planner = build_planner({"name": "random"} if cfg.model == "random" else cfg.planner)
+    planner = build_planner({"name": "random"} if cfg.world_model == "random" else cfg.planner)
     records = run_mpc(
         env, planner, objective, encode_fn, make_rollout_fn, episodes,
         budget_env_steps=cfg.budget_env_steps, execute_k=cfg.execute_k, horizon=cfg.horizon,
@@ -78,11 +78,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     )
     out_dir = Path(cfg.out_dir)
     config = OmegaConf.to_container(cfg, resolve=True)
-    checkpoint = None if cfg.model in BASELINES else cfg.model
+    checkpoint = None if cfg.world_model in BASELINES else cfg.world_model
     results = write_results(out_dir / "results.json", records, config, checkpoint, ckpt_hash)
     if cfg.videos:
         save_videos(records[: cfg.videos], out_dir / "videos", fmt=cfg.video_format)
-    results["summary"] = summary_line(records, label=f"{cfg.env.name} {Path(str(cfg.model)).name}")
+    results["summary"] = summary_line(records, label=f"{cfg.env.name} {Path(str(cfg.world_model)).name}")
     env.close()
     return results
 

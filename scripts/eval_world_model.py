@@ -1,0 +1,82 @@
+"""Evaluate a world-model checkpoint: prediction quality (SPEC §3) and action sensitivity.
+
+    python scripts/eval_world_model.py --checkpoint outputs/train/wall/checkpoints/latest.ckpt \
+        --dataset data/wall --clips 256 --steps 10 --schedule sequential
+
+Prints a table and writes ``<checkpoint stem>.eval.json`` next to the checkpoint (atomically).
+The reference protocol samples with 250 DDIM steps (``--steps 250``); fewer steps are cheaper
+on a CPU. Action sensitivity uses the checkpoint's planning sampler (what MPC sees).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from wmplan.data.dataset import atomic_write_json
+from wmplan.diagnostics import action_sensitivity, prediction_quality, reference_sampler
+from wmplan.rollout import WorldModel
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, type=Path)
+    p.add_argument("--dataset", required=True, type=Path, help="the dataset folder the model was trained on")
+    p.add_argument("--clips", type=int, default=256, help="fixed validation clips")
+    p.add_argument("--seed", type=int, default=42, help="picks the validation clips")
+    p.add_argument("--steps", type=int, default=10, help="sampling steps (reference protocol: 250)")
+    p.add_argument("--schedule", default="sequential", choices=("sequential", "pyramid", "full_sequence"))
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--out", type=Path, default=None, help="JSON path (default: next to the checkpoint)")
+    return p.parse_args(argv)
+
+
+def format_table(quality: dict[str, Any] | None, sensitivity: dict[str, Any]) -> str:
+    """The printed report: PSNR/SSIM model vs copy-last, then latent distances and action RMS."""
+    lines = []
+    if quality is not None:
+        lines.append(f"prediction quality: {quality['clips']} clips, {quality['context_frames']} context + "
+                     f"{quality['predicted_frames']} predicted frames, {quality['sampler']['steps']} steps "
+                     f"{quality['sampler']['schedule']}")
+        lines.append(f"  {'':<16} {'PSNR':>7} {'SSIM':>7}   per frame PSNR")
+        for label, key in (("model", "model"), ("copy-last", "copy_last"), ("codec recon", "reconstruction")):
+            s = quality[key]
+            frames = " ".join(f"{v:6.2f}" for v in s["psnr_per_frame"])
+            lines.append(f"  {label:<16} {s['psnr']:7.2f} {s['ssim']:7.4f}   {frames}")
+    else:
+        lines.append("prediction quality: codec is encode-only, no pixel metrics")
+    mse, rms = sensitivity["latent_mse"], sensitivity["action_embedding_rms"]
+    lines.append(f"action sensitivity: latent MSE of frame {sensitivity['predicted_frames']} to the truth "
+                 f"({sensitivity['clips']} clips, {sensitivity['sampler']['steps']} steps)")
+    lines.append(f"  {'actions':<16} {'MSE':>9} {'emb RMS':>9}")
+    for name in ("ground_truth", "zero", "random"):
+        lines.append(f"  {name:<16} {mse[name]:9.4f} {rms[name]:9.4f}")
+    lines.append(f"  {'context (copy)':<16} {mse['context']:9.4f}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    args = parse_args(argv)
+    wm = WorldModel.from_checkpoint(args.checkpoint)
+    start = time.perf_counter()
+    quality = None
+    if wm.module.codec.can_decode:
+        sampler = reference_sampler(wm, steps=args.steps, schedule=args.schedule)
+        quality = prediction_quality(wm, args.dataset, args.clips, seed=args.seed, sampler=sampler,
+                                     batch_size=args.batch_size)
+    sensitivity = action_sensitivity(wm, args.dataset, args.clips, seed=args.seed, batch_size=args.batch_size)
+    print(format_table(quality, sensitivity))
+    out = args.out or args.checkpoint.with_name(f"{args.checkpoint.stem}.eval.json")
+    atomic_write_json(out, {
+        "checkpoint": str(args.checkpoint), "checkpoint_sha256": wm.checkpoint_hash, "dataset": str(args.dataset),
+        "prediction_quality": quality, "action_sensitivity": sensitivity,
+        "seconds": round(time.perf_counter() - start, 2),
+    })
+    print(f"wrote {out}")
+    return out
+
+
+if __name__ == "__main__":
+    main()

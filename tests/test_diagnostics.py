@@ -1,0 +1,129 @@
+"""Diagnostics on a tiny trained Wall world model (16 px, tiny NanoWM, 8x8 pixel latents)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+
+from wmplan.data.collect import collect
+from wmplan.diagnostics import action_sensitivity, prediction_quality, reference_sampler, validation_clips
+from wmplan.envs.config import load_env_config
+from wmplan.rollout import WorldModel
+from wmplan.train import CONFIG_DIR, train
+
+RESOLUTION = 16
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    env_cfg = load_env_config("wall", resolution=RESOLUTION, episode_length=30)
+    return collect(env_cfg, 8, "random", 0, tmp_path_factory.mktemp("data") / "wall", progress=False)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(dataset, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("train")
+    overrides = [
+        f"env.resolution={RESOLUTION}", "model=tiny", "latent.pixel_size=8",
+        f"data.path={dataset}", f"out_dir={out}", "training.max_steps=10", "training.batch_size=4",
+        "training.warmup_steps=2", "validation.every_n_steps=1000", "logging.progress_every=0",
+    ]
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    return train(cfg)
+
+
+@pytest.fixture(scope="module")
+def wm(checkpoint) -> WorldModel:
+    return WorldModel.from_checkpoint(checkpoint)
+
+
+def hand_psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR of uint8 images, identical images capped at a one-level difference in one value."""
+    mse = max(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2), 1.0 / a.size)
+    return 10 * math.log10(255.0**2 / mse)
+
+
+def test_prediction_quality(wm, dataset):
+    sampler = reference_sampler(wm, steps=2)
+    result = prediction_quality(wm, dataset, n_clips=6, sampler=sampler, batch_size=4)
+    assert result["clips"] == 6 and result["predicted_frames"] == 3
+    for name in ("model", "copy_last", "reconstruction"):
+        scores = result[name]
+        assert math.isfinite(scores["psnr"]) and -1 <= scores["ssim"] <= 1
+        assert len(scores["psnr_per_frame"]) == 3 and len(scores["ssim_per_frame"]) == 3
+        assert scores["psnr"] == pytest.approx(np.mean(scores["psnr_per_frame"]))
+    clips = validation_clips(wm, dataset, 6, 4, seed=42)["pixels"].numpy()  # [6, 4, H, W, 3]
+    expected = [np.mean([hand_psnr(c[0], c[i]) for c in clips]) for i in (1, 2, 3)]
+    assert result["copy_last"]["psnr_per_frame"] == pytest.approx(expected, rel=1e-9)
+    assert prediction_quality(wm, dataset, n_clips=6, sampler=sampler, batch_size=4) == result
+
+
+def test_action_sensitivity(wm, dataset):
+    result = action_sensitivity(wm, dataset, n_clips=6, seed=3, batch_size=4)
+    assert set(result["latent_mse"]) == {"ground_truth", "zero", "random", "context"}
+    assert set(result["action_embedding_rms"]) == {"ground_truth", "zero", "random"}
+    values = [*result["latent_mse"].values(), *result["action_embedding_rms"].values()]
+    assert all(math.isfinite(v) and v >= 0 for v in values)
+    assert result["action_embedding_rms"]["random"] > 0
+    assert action_sensitivity(wm, dataset, n_clips=6, seed=3, batch_size=4) == result
+
+
+def test_wrong_dataset_env_is_refused(wm, tmp_path):
+    other = collect(load_env_config("pusht", resolution=RESOLUTION, episode_length=8), 1, "pusher", 0,
+                    tmp_path / "pusht", progress=False)
+    with pytest.raises(ValueError, match="trained on"):
+        prediction_quality(wm, other, n_clips=2)
+
+
+def test_bench_replan_timing_runs():
+    bench = load_script("bench_plan")
+    wm = bench.random_world_model(["model=tiny", f"env.resolution={RESOLUTION}", "latent.pixel_size=8"])
+    seconds = bench.time_replan(wm, {"name": "cem", "num_samples": 8, "topk": 2, "iterations": 2},
+                                episodes=2, horizon=3, steps=1, precision="bf16", repeats=1)
+    assert seconds > 0 and math.isfinite(seconds)
+    throughput = bench.forward_throughput(wm, candidates=4, frames=4, precision="fp32", repeats=1)
+    assert throughput["tokens_per_frame"] == (8 // 2) ** 2 + 1  # 4x4 patches + one proprio token
+    assert throughput["tokens_per_s"] > 0
+
+
+def test_eval_script_writes_json(checkpoint, dataset, capsys):
+    script = load_script("eval_world_model")
+    out = script.main(["--checkpoint", str(checkpoint), "--dataset", str(dataset), "--clips", "4", "--steps", "2"])
+    assert out.is_file() and out.parent == checkpoint.parent
+    assert "copy-last" in capsys.readouterr().out
+    data = json.loads(out.read_text())
+    assert data["prediction_quality"]["clips"] == 4 and "action_sensitivity" in data
+
+
+def test_compare_latents_end_to_end(dataset, tmp_path, capsys):
+    script = load_script("compare_latents")
+    tiny_train = ["model=tiny", "training.batch_size=4", "training.warmup_steps=1", "validation.every_n_steps=1000",
+                  "logging.progress_every=0"]
+    tiny_plan = ["budget_env_steps=5", "planner.num_samples=8", "planner.topk=2", "planner.iterations=1"]
+    args = ["--dataset", str(dataset), "--out", str(tmp_path / "out"), "--vae-dir", str(tmp_path / "vae"),
+            "--steps", "3", "--vae-steps", "3", "--tokens-side", "2", "--episodes", "2", "--eval-clips", "4",
+            "--eval-steps", "2", "--train-override", *tiny_train, "--plan-override", *tiny_plan]
+    rows = script.main(args)
+    assert list(rows) == ["pixels", "trained_vae"] and (tmp_path / "vae" / "config.json").is_file()
+    for row in rows.values():
+        assert 0 <= row["success_rate"] <= 1 and row["plan_time_mean_s"] > 0
+        assert math.isfinite(row["quality"]["model"]["psnr"])
+    assert json.loads((tmp_path / "out" / "comparison.json").read_text())["codecs"] == json.loads(json.dumps(rows))
+    assert "trained_vae" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="NAME=PATH"):
+        script.main(args + ["--checkpoint", "foo=bar"])

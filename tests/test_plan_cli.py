@@ -1,0 +1,109 @@
+"""The plan CLI (wmplan.planners.evaluate.evaluate) on tiny Wall runs: oracle, random and a
+trained checkpoint; results.json schema, videos, determinism, env checks."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import RESOLUTION, compose_config
+
+from wmplan.planners.evaluate import evaluate
+from wmplan.rollout import file_hash
+
+EPISODES, BUDGET, HORIZON, FRAMESKIP = 3, 10, 2, 5
+SUMMARY_KEYS = {"episodes", "success_rate", "success_rate_any", "mean_final_distance", "mean_min_distance",
+                "replans", "plan_time_mean_s", "plan_time_max_s"}
+RECORD_KEYS = {"success", "success_any", "final_distance", "min_distance", "steps", "plan_times", "distances",
+               "actions", "start_state", "goal_state"}
+
+
+def plan_config(world_model, out_dir, *extra: str):
+    return compose_config("plan", [
+        f"world_model={world_model}", f"out_dir={out_dir}", f"env.resolution={RESOLUTION}",
+        f"episodes={EPISODES}", f"budget_env_steps={BUDGET}", f"horizon={HORIZON}", "seed=5", "videos=2",
+        "planner.num_samples=8", "planner.topk=2", "planner.iterations=2", *extra,
+    ])
+
+
+def deterministic_part(results: dict) -> dict:
+    """results.json without wall-clock timings."""
+    drop = {"plan_time_mean_s", "plan_time_max_s", "summary", "config"}
+    out = {k: v for k, v in results.items() if k not in drop}
+    out["records"] = [{k: v for k, v in r.items() if k != "plan_times"} for r in results["records"]]
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs(checkpoint, tmp_path_factory):
+    """results.json of the oracle, random and checkpoint runs (read back from disk)."""
+    out = {}
+    for name, world_model in (("oracle", "oracle"), ("random", "random"), ("checkpoint", checkpoint)):
+        out_dir = tmp_path_factory.mktemp(name)
+        returned = evaluate(plan_config(world_model, out_dir))
+        written = json.loads((out_dir / "results.json").read_text())
+        assert deterministic_part(written) == json.loads(json.dumps(deterministic_part(returned)))
+        assert returned["summary"].startswith(f"wall {world_model.name if name == 'checkpoint' else name}: success")
+        out[name] = (written, out_dir)
+    return out
+
+
+@pytest.mark.parametrize("name", ["oracle", "random", "checkpoint"])
+def test_results_schema_and_videos(runs, name, checkpoint):
+    results, out_dir = runs[name]
+    assert SUMMARY_KEYS <= results.keys() and {"config", "checkpoint", "records"} <= results.keys()
+    records = results["records"]
+    assert results["episodes"] == len(records) == EPISODES
+    assert results["replans"] == 1  # the whole horizon (2 x 5 env steps) is executed: one plan
+    for r in records:
+        assert RECORD_KEYS <= r.keys()
+        assert r["steps"] == len(r["distances"]) == BUDGET  # one distance per inner env step
+        assert np.asarray(r["actions"]).shape == (BUDGET // FRAMESKIP, 2 * FRAMESKIP)
+        assert np.abs(np.asarray(r["actions"])).max() <= 1
+        assert len(r["plan_times"]) == 1 and r["plan_times"][0] > 0
+        assert r["final_distance"] == r["distances"][-1] and r["min_distance"] == min(r["distances"])
+        assert len(r["start_state"]) == len(r["goal_state"]) > 0
+    assert results["success_rate"] == pytest.approx(np.mean([r["success"] for r in records]))
+    assert results["success_rate_any"] == pytest.approx(np.mean([r["success_any"] for r in records]))
+    assert results["success_rate_any"] >= results["success_rate"]
+    assert results["mean_final_distance"] == pytest.approx(np.mean([r["final_distance"] for r in records]))
+    assert results["plan_time_mean_s"] == pytest.approx(records[0]["plan_times"][0])
+    # The config is recorded, resolved.
+    assert results["config"]["world_model"] == str(checkpoint if name == "checkpoint" else name)
+    assert results["config"]["env"]["id"] == "wmplan/Wall-v0" and results["config"]["seed"] == 5
+    # Checkpoint identity only for the trained model.
+    if name == "checkpoint":
+        assert results["checkpoint"] == {"path": str(checkpoint), "sha256": file_hash(checkpoint)}
+    else:
+        assert results["checkpoint"] == {"path": None, "sha256": None}
+    # videos=2: the first two episodes as GIFs named by their outcome.
+    expected = [f"episode_{i:03d}_{'success' if records[i]['success'] else 'failure'}.gif" for i in range(2)]
+    videos = out_dir / "videos"
+    assert sorted(p.name for p in videos.iterdir()) == expected
+    assert all((videos / f).read_bytes()[:6] in (b"GIF87a", b"GIF89a") for f in expected)
+
+
+def test_all_runs_share_episodes_and_oracle_beats_random(runs):
+    starts = {name: [r["start_state"] for r in res["records"]] for name, (res, _) in runs.items()}
+    assert starts["oracle"] == starts["random"] == starts["checkpoint"]  # episodes come from the seed alone
+    # The oracle plans with the true dynamics and cost; random actions ignore the goal.
+    assert runs["oracle"][0]["mean_final_distance"] < runs["random"][0]["mean_final_distance"]
+    actions = {name: res["records"][0]["actions"] for name, (res, _) in runs.items()}
+    assert actions["oracle"] != actions["random"] and actions["checkpoint"] != actions["random"]
+
+
+@pytest.mark.parametrize("name", ["oracle", "checkpoint"])
+def test_same_seed_same_results(runs, name, checkpoint, tmp_path):
+    results, _ = runs[name]
+    again = evaluate(plan_config(checkpoint if name == "checkpoint" else name, tmp_path))
+    assert deterministic_part(json.loads(json.dumps(again))) == deterministic_part(results)
+    other = evaluate(plan_config(checkpoint if name == "checkpoint" else name, tmp_path / "other", "seed=6"))
+    assert other["records"][0]["start_state"] != results["records"][0]["start_state"]
+
+
+def test_checkpoint_from_another_env_is_refused(checkpoint, tmp_path):
+    cfg = plan_config(checkpoint, tmp_path, "env=pusht")
+    with pytest.raises(ValueError, match="trained on wmplan/Wall-v0, not wmplan/PushT-v0"):
+        evaluate(cfg)
+    assert not (tmp_path / "results.json").exists()
