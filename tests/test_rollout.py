@@ -15,7 +15,7 @@ B, S, AW = 2, 3, 10  # Wall: 2-D actions, frameskip 5
 
 @pytest.fixture(scope="module")
 def wm(checkpoint) -> WorldModel:
-    return WorldModel.from_checkpoint(checkpoint)
+    return WorldModel.from_checkpoint(checkpoint, precision="fp32")  # exact semantics; bf16 tested below
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +92,7 @@ def test_rollout_does_not_depend_on_chunk_size(checkpoint, wm, obs):
     acts = actions(5)
     reference = wm.rollout(ctx, acts, seed=7)  # chunk_size 1024: one chunk
     for chunk_size in (1, 4):
-        chunked = WorldModel.from_checkpoint(checkpoint, chunk_size=chunk_size).rollout(ctx, acts, seed=7)
+        chunked = WorldModel.from_checkpoint(checkpoint, chunk_size=chunk_size, precision="fp32").rollout(ctx, acts, seed=7)
         torch.testing.assert_close(chunked["latents"], reference["latents"], rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(chunked["proprio"], reference["proprio"], rtol=1e-5, atol=1e-5)
 
@@ -156,3 +156,15 @@ def test_missing_corrupt_and_foreign_checkpoints(checkpoint, tmp_path):
         WorldModel.from_checkpoint(foreign)
     with pytest.raises(FileNotFoundError):
         WorldModel.from_checkpoint(tmp_path)  # a directory is not a checkpoint file
+
+
+def test_bf16_rollout_close_to_fp32(wm, checkpoint, obs):
+    ctx = wm.encode(obs)
+    acts = actions(3)
+    fast = WorldModel.from_checkpoint(checkpoint, precision="bf16").rollout(ctx, acts, seed=5)
+    exact = wm.rollout(ctx, acts, seed=5)
+    assert fast["latents"].dtype == torch.float32
+    err = (fast["latents"] - exact["latents"]).abs().mean() / exact["latents"].abs().mean()
+    assert err < 0.05
+    with pytest.raises(ValueError, match="precision"):
+        WorldModel.from_checkpoint(checkpoint, precision="fp16")

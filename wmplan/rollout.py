@@ -49,7 +49,10 @@ class WorldModel:
     """Encode observations, roll out candidate action sequences, decode latents."""
 
     def __init__(self, module: WorldModelModule, sampler: SamplerConfig, use_ema: bool = True,
-                 chunk_size: int = 1024, checkpoint_hash: str | None = None):
+                 chunk_size: int = 1024, checkpoint_hash: str | None = None, precision: str = "bf16"):
+        if precision not in ("bf16", "fp32"):
+            raise ValueError(f"precision must be 'bf16' or 'fp32', got {precision!r}")
+        self.precision = precision
         self.module = module.eval()
         self.model = module.ema.module if use_ema else module.model
         self.sampler = sampler
@@ -64,7 +67,7 @@ class WorldModel:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, sampler: SamplerConfig | dict | None = None,
-                        use_ema: bool = True, chunk_size: int = 1024) -> "WorldModel":
+                        use_ema: bool = True, chunk_size: int = 1024, precision: str = "bf16") -> "WorldModel":
         """Build from ``latest.ckpt``; the sampler defaults to the planning default
         (full_sequence, few DDIM / Euler steps)."""
         ckpt = load_checkpoint(path)
@@ -75,7 +78,7 @@ class WorldModel:
             sampler = planning_sampler(cfg.diffusion.objective)
         elif isinstance(sampler, dict):
             sampler = SamplerConfig(**sampler)
-        return cls(module, sampler, use_ema, chunk_size, checkpoint_hash=file_hash(path))
+        return cls(module, sampler, use_ema, chunk_size, checkpoint_hash=file_hash(path), precision=precision)
 
     # -- encoding / decoding --------------------------------------------------------
     @torch.no_grad()
@@ -131,14 +134,16 @@ class WorldModel:
         for start in range(0, b * s, self.chunk_size):
             end = start + self.chunk_size
             generator = [torch.Generator().manual_seed(candidate_seed(seed, i)) for i in range(start, min(end, b * s))]
-            out, out_p = generate(
-                self.model, self.module.diffusion, ctx[start:end],
-                None if ctx_p is None else ctx_p[start:end], flat_actions[start:end],
-                cfg, window=self.window, generator=generator,
-                context_actions=None if ctx_a is None else ctx_a[start:end],
-            )
-            outs.append(out)
-            outs_p.append(out_p)
+            # bf16 autocast: ~2x faster planning on CPUs with AMX and on GPUs; outputs stay fp32.
+            with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+                out, out_p = generate(
+                    self.model, self.module.diffusion, ctx[start:end],
+                    None if ctx_p is None else ctx_p[start:end], flat_actions[start:end],
+                    cfg, window=self.window, generator=generator,
+                    context_actions=None if ctx_a is None else ctx_a[start:end],
+                )
+            outs.append(out.float())
+            outs_p.append(None if out_p is None else out_p.float())
         pred_latents = torch.cat(outs).reshape(b, s, h, *latents.shape[2:])
         pred_proprio = None if outs_p[0] is None else torch.cat(outs_p).reshape(b, s, h, -1)
         return {"latents": pred_latents, "proprio": pred_proprio}

@@ -54,7 +54,8 @@ def model_and_objective(cfg: DictConfig, env) -> tuple[Any, Any, Any, str | None
         return oracle.encode, oracle.make_rollout_fn, EnvDistance(env), None
     from wmplan.rollout import WorldModel
 
-    wm = WorldModel.from_checkpoint(cfg.world_model, sampler=OmegaConf.to_container(cfg.sampler), chunk_size=cfg.chunk_size)
+    wm = WorldModel.from_checkpoint(cfg.world_model, sampler=OmegaConf.to_container(cfg.sampler),
+                                   chunk_size=cfg.chunk_size, precision=cfg.precision)
     if wm.env_id != cfg.env.id:
         raise ValueError(f"checkpoint {cfg.world_model} was trained on {wm.env_id}, not {cfg.env.id}")
 
