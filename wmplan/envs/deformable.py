@@ -27,7 +27,7 @@ import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
 from gymnasium import spaces  # noqa: E402
 
-from wmplan.envs.base import GoalEnv  # noqa: E402
+from wmplan.envs.mujoco_env import MujocoGoalEnv  # noqa: E402
 from wmplan.envs.chamfer import chamfer_distance  # noqa: E402
 
 TABLE_HALF = 0.3  # inner half-width of the walled table and of the camera's view (m)
@@ -142,7 +142,7 @@ def _line(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 
-class TablePushEnv(GoalEnv):
+class TablePushEnv(MujocoGoalEnv):
     """Shared table, pusher, state, rendering and Chamfer evaluation of Rope and Granular.
 
     Subclasses give the objects' MJCF (``_objects_xml``; particle geoms named ``p0``,
@@ -168,7 +168,6 @@ class TablePushEnv(GoalEnv):
         self.model = mujoco.MjModel.from_xml_string(_scene_xml(self._objects_xml()))
         self.data = mujoco.MjData(self.model)
         self._scratch = mujoco.MjData(self.model)  # kinematics of states other than the current one
-        self._renderer: mujoco.Renderer | None = None
         names = [f"p{i}" for i in range(self.num_particles)]
         self._particle_geoms = np.array([self.model.geom(name).id for name in names])
         pusher_x = self.model.joint("pusher_x")
@@ -235,20 +234,8 @@ class TablePushEnv(GoalEnv):
         path = [_line(above, down), _line(down, end_down), _line(end_down, end_up), hold]
         self._drive(np.concatenate(path))
 
-    def _render(self) -> np.ndarray:
-        if self._renderer is None:
-            self._renderer = mujoco.Renderer(self.model, self.resolution, self.resolution)
-        self._renderer.update_scene(self.data, camera="top")
-        return self._renderer.render()
-
     def _proprio(self) -> np.ndarray:
         return (self.data.qpos[self._pusher_qpos][:2] / WORKSPACE).astype(np.float32)
-
-    def close(self) -> None:
-        if self._renderer is not None:
-            self._renderer.close()
-            self._renderer = None
-        super().close()
 
     # -- physics ----------------------------------------------------------------------
     def _drive(self, path: np.ndarray) -> None:

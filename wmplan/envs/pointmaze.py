@@ -25,7 +25,7 @@ import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
 from gymnasium import spaces  # noqa: E402
 
-from wmplan.envs.base import GoalEnv  # noqa: E402
+from wmplan.envs.mujoco_env import MujocoGoalEnv  # noqa: E402
 
 # D4RL maze2d layouts: '#' wall, 'O' free ('G', D4RL's fixed goal, counts as free).
 MAZES: dict[str, str] = {
@@ -162,7 +162,7 @@ def _maze_xml(grid: np.ndarray) -> str:
 </mujoco>"""
 
 
-class PointMazeEnv(GoalEnv):
+class PointMazeEnv(MujocoGoalEnv):
     """D4RL maze2d point mass with pixel observations. State and proprio: (x, y, vx, vy)."""
 
     state_dim = 4
@@ -177,7 +177,6 @@ class PointMazeEnv(GoalEnv):
         self.free_cells = np.argwhere(self.grid)  # [N, 2] cell indices, row-major order
         self.model = mujoco.MjModel.from_xml_string(_maze_xml(self.grid))
         self.data = mujoco.MjData(self.model)
-        self._renderer: mujoco.Renderer | None = None
         res = self.resolution
         self.observation_space = spaces.Dict(
             pixels=spaces.Box(0, 255, (res, res, 3), np.uint8),
@@ -215,20 +214,8 @@ class PointMazeEnv(GoalEnv):
         # mj_step leaves body poses one substep behind qpos; refresh them for rendering.
         mujoco.mj_forward(self.model, self.data)
 
-    def _render(self) -> np.ndarray:
-        if self._renderer is None:
-            self._renderer = mujoco.Renderer(self.model, self.resolution, self.resolution)
-        self._renderer.update_scene(self.data, camera="top")
-        return self._renderer.render()
-
     def _proprio(self) -> np.ndarray:
         return self.get_state().astype(np.float32)
-
-    def close(self) -> None:
-        if self._renderer is not None:
-            self._renderer.close()
-            self._renderer = None
-        super().close()
 
     # -- scripted control -----------------------------------------------------------
     def waypoint_action(
