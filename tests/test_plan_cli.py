@@ -104,6 +104,13 @@ def test_same_seed_same_results(runs, name, checkpoint, tmp_path):
 
 def test_checkpoint_from_another_env_is_refused(checkpoint, tmp_path):
     cfg = plan_config(checkpoint, tmp_path, "env=pusht")
-    with pytest.raises(ValueError, match="trained on wmplan/Wall-v0, not wmplan/PushT-v0"):
+    with pytest.raises(ValueError, match="trained with env id wmplan/Wall-v0, but the planning env has wmplan/PushT-v0"):
         evaluate(cfg)
+    assert not (tmp_path / "results.json").exists()
+
+
+@pytest.mark.parametrize("override, name", [("env.resolution=32", "resolution"), ("env.frameskip=2", "frameskip")])
+def test_checkpoint_with_other_env_settings_is_refused(checkpoint, tmp_path, override, name):
+    with pytest.raises(ValueError, match=f"trained with {name}"):
+        evaluate(plan_config(checkpoint, tmp_path, override))
     assert not (tmp_path / "results.json").exists()

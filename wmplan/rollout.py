@@ -64,6 +64,15 @@ class WorldModel:
         self.action_dim = int(cfg.model.action_dim)
         self.uses_proprio = int(cfg.model.proprio_dim) > 0
         self.env_id = str(cfg.env.id)
+        self.resolution = int(cfg.env.resolution)
+
+    def check_env(self, env_id: str, frameskip: int, resolution: int) -> None:
+        """Raise a ValueError naming the first setting in which the planning env differs from
+        the env the model was trained on (a model at 64 px cannot plan on 224 px frames)."""
+        for name, trained, given in (("env id", self.env_id, env_id), ("frameskip", self.frameskip, frameskip),
+                                     ("resolution", self.resolution, resolution)):
+            if str(trained) != str(given):
+                raise ValueError(f"world model was trained with {name} {trained}, but the planning env has {given}")
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, sampler: SamplerConfig | dict | None = None,

@@ -56,8 +56,10 @@ def model_and_objective(cfg: DictConfig, env) -> tuple[Any, Any, Any, str | None
 
     wm = WorldModel.from_checkpoint(cfg.world_model, sampler=OmegaConf.to_container(cfg.sampler),
                                    chunk_size=cfg.chunk_size, precision=cfg.precision)
-    if wm.env_id != cfg.env.id:
-        raise ValueError(f"checkpoint {cfg.world_model} was trained on {wm.env_id}, not {cfg.env.id}")
+    try:
+        wm.check_env(cfg.env.id, cfg.env.frameskip, cfg.env.resolution)
+    except ValueError as err:
+        raise ValueError(f"checkpoint {cfg.world_model}: {err}") from None
 
     def make_rollout_fn(context):
         return lambda actions: wm.rollout(context, actions, seed=cfg.seed)
