@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from wmplan.data.dataset import atomic_write_json
-from wmplan.diagnostics import action_sensitivity, prediction_quality, reference_sampler
+from wmplan.diagnostics import action_sensitivity, denoising_error, prediction_quality, reference_sampler
 from wmplan.rollout import WorldModel
 
 
@@ -33,8 +33,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def format_table(quality: dict[str, Any] | None, sensitivity: dict[str, Any]) -> str:
-    """The printed report: PSNR/SSIM model vs copy-last, then latent distances and action RMS."""
+def format_table(quality: dict[str, Any] | None, sensitivity: dict[str, Any], denoising: dict[str, Any]) -> str:
+    """The printed report: PSNR/SSIM model vs copy-last, latent distances and action RMS, and
+    the denoiser's x0 error per noise level."""
     lines = []
     if quality is not None:
         lines.append(f"prediction quality: {quality['clips']} clips, {quality['context_frames']} context + "
@@ -54,6 +55,10 @@ def format_table(quality: dict[str, Any] | None, sensitivity: dict[str, Any]) ->
     for name in ("ground_truth", "zero", "random"):
         lines.append(f"  {name:<16} {mse[name]:9.4f} {rms[name]:9.4f}")
     lines.append(f"  {'context (copy)':<16} {mse['context']:9.4f}")
+    lines.append(f"denoiser x0 latent MSE per noise level ({denoising['clips']} clips, one model call; "
+                 f"copy-last {denoising['copy_last']:.4f})")
+    lines.append("  " + " ".join(f"{level:>8}" for level in denoising["x0_mse"]))
+    lines.append("  " + " ".join(f"{v:8.4f}" for v in denoising["x0_mse"].values()))
     return "\n".join(lines)
 
 
@@ -67,11 +72,13 @@ def main(argv: Sequence[str] | None = None) -> Path:
         quality = prediction_quality(wm, args.dataset, args.clips, seed=args.seed, sampler=sampler,
                                      batch_size=args.batch_size)
     sensitivity = action_sensitivity(wm, args.dataset, args.clips, seed=args.seed, batch_size=args.batch_size)
-    print(format_table(quality, sensitivity))
+    denoising = denoising_error(wm, args.dataset, min(args.clips, 64), seed=args.seed, batch_size=args.batch_size)
+    print(format_table(quality, sensitivity, denoising))
     out = args.out or args.checkpoint.with_name(f"{args.checkpoint.stem}.eval.json")
     atomic_write_json(out, {
         "checkpoint": str(args.checkpoint), "checkpoint_sha256": wm.checkpoint_hash, "dataset": str(args.dataset),
         "prediction_quality": quality, "action_sensitivity": sensitivity,
+        "denoising_error": denoising,
         "seconds": round(time.perf_counter() - start, 2),
     })
     print(f"wrote {out}")

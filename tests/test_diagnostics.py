@@ -12,7 +12,13 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from wmplan.data.collect import collect
-from wmplan.diagnostics import action_sensitivity, prediction_quality, reference_sampler, validation_clips
+from wmplan.diagnostics import (
+    action_sensitivity,
+    denoising_error,
+    prediction_quality,
+    reference_sampler,
+    validation_clips,
+)
 from wmplan.envs.config import load_env_config
 from wmplan.rollout import WorldModel
 from wmplan.train import CONFIG_DIR, train
@@ -101,6 +107,18 @@ def test_bench_replan_timing_runs():
     assert throughput["tokens_per_s"] > 0
 
 
+def test_denoising_error(wm, dataset):
+    result = denoising_error(wm, dataset, n_clips=6, seed=3, levels=(0.01, 0.5, 0.999), batch_size=4)
+    mse = result["x0_mse"]
+    assert list(mse) == ["0.01", "0.5", "0.999"] and all(math.isfinite(v) and v >= 0 for v in mse.values())
+    # Near zero noise x0_hat is x_t up to a small correction; near pure noise it is all model.
+    assert mse["0.01"] < mse["0.999"]
+    clips = validation_clips(wm, dataset, 6, wm.window, seed=3)
+    latents = wm.encode({"pixels": clips["pixels"], "proprio": clips["proprio"]})["latents"]
+    assert result["copy_last"] == pytest.approx(float(((latents[:, :1] - latents[:, 1:]) ** 2).mean()), rel=1e-5)
+    assert denoising_error(wm, dataset, n_clips=6, seed=3, levels=(0.01, 0.5, 0.999), batch_size=4) == result
+
+
 def test_eval_script_writes_json(checkpoint, dataset, capsys):
     script = load_script("eval_world_model")
     out = script.main(["--checkpoint", str(checkpoint), "--dataset", str(dataset), "--clips", "4", "--steps", "2"])
@@ -108,6 +126,7 @@ def test_eval_script_writes_json(checkpoint, dataset, capsys):
     assert "copy-last" in capsys.readouterr().out
     data = json.loads(out.read_text())
     assert data["prediction_quality"]["clips"] == 4 and "action_sensitivity" in data
+    assert data["denoising_error"]["clips"] == 4
 
 
 def test_compare_latents_end_to_end(dataset, tmp_path, capsys):

@@ -1,4 +1,5 @@
-"""World-model diagnostics: prediction quality (SPEC §3 protocol) and action sensitivity.
+"""World-model diagnostics: prediction quality (SPEC §3 protocol), action sensitivity and
+the denoiser's error per noise level.
 
     wm = WorldModel.from_checkpoint("outputs/train/wall/checkpoints/latest.ckpt")
     quality = prediction_quality(wm, "data/wall", sampler=reference_sampler(wm, steps=10))
@@ -21,6 +22,7 @@ from torch.utils.data._utils.collate import default_collate
 
 from wmplan.data.dataset import ClipDataset, load_dataset_info
 from wmplan.metrics import psnr, ssim
+from wmplan.models.nanowm import shift_actions
 from wmplan.models.sampling import SamplerConfig
 from wmplan.rollout import WorldModel
 from wmplan.train import CONFIG_DIR, validation_subset
@@ -166,3 +168,43 @@ def action_sensitivity(wm: WorldModel, dataset_path: str | Path, n_clips: int = 
         "latent_mse": {k: v / n for k, v in sums.items()},
         "action_embedding_rms": {k: math.sqrt(v / n) for k, v in rms_sums.items()},
     }
+
+
+NOISE_LEVELS = (0.01, 0.05, 0.1, 0.2, 0.4, 0.7, 0.95, 0.999)
+
+
+@torch.no_grad()
+def denoising_error(wm: WorldModel, dataset_path: str | Path, n_clips: int = 64, seed: int = 42,
+                    levels: tuple[float, ...] = NOISE_LEVELS, batch_size: int = 64) -> dict[str, Any]:
+    """One-call x0 error of the denoiser per noise level, next to copying the context.
+
+    Training windows from the checkpoint (its context frames at the context noise level, every
+    other frame at ``level``) go through the model once; the result is the latent MSE of
+    x0_hat to the truth on the non-context frames. ``copy_last`` is the MSE of the last context
+    latent repeated. A model whose error near pure noise (the level where every rollout starts)
+    stays above ``copy_last`` has not learned to carry the context forward: its samples cannot
+    beat the copy-last baseline, however many sampling steps are used.
+    """
+    diffusion, model = wm.module.diffusion, wm.model
+    n_ctx = diffusion.cfg.context_frames
+    clips = validation_clips(wm, dataset_path, n_clips, wm.window, seed)
+    generator = torch.Generator().manual_seed(seed)
+    sums = {level: 0.0 for level in levels}
+    copy = 0.0
+    for _, batch in batches(clips, batch_size):
+        enc = wm.encode({"pixels": batch["pixels"], "proprio": batch["proprio"]})
+        x0, proprio = enc["latents"], enc["proprio"]  # [b, T, C, h, w], [b, T, P] | None
+        actions = shift_actions(batch["actions"].float())  # [b, T, Aw]
+        b = len(x0)
+        copy += float(((x0[:, n_ctx - 1 : n_ctx] - x0[:, n_ctx:]) ** 2).mean()) * b
+        for level in levels:
+            t = diffusion.timestep(level).expand(b, x0.shape[1]).clone()
+            t[:, :n_ctx] = diffusion.timestep(diffusion.cfg.context_noise_level)
+            x_t = diffusion.q_sample(x0, t, torch.randn(x0.shape, generator=generator))
+            p_t = None if proprio is None else diffusion.q_sample(proprio, t, torch.randn(proprio.shape, generator=generator))
+            out, _ = model(x_t, t, actions, p_t)
+            x0_hat, _ = diffusion.predict_x0_eps(out.float(), x_t, t)
+            sums[level] += float(((x0_hat - x0)[:, n_ctx:] ** 2).mean()) * b
+    n = len(clips["pixels"])
+    return {"clips": n, "seed": seed, "context_frames": n_ctx, "window": wm.window,
+            "x0_mse": {str(level): v / n for level, v in sums.items()}, "copy_last": copy / n}
