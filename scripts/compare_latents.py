@@ -97,7 +97,9 @@ def latent_overrides(name: str, path: Path | None, resolution: int, tokens_side:
     side = build_codec(CodecConfig(**latent)).latent_shape[1]
     if tokens_side < 1 or side % tokens_side:
         raise ValueError(f"codec {name}: latent side {side} is not a multiple of --tokens-side {tokens_side}")
-    return overrides + [f"model.patch_size={side // tokens_side}"]
+    # Pin the codec's own size: an experiment recipe may set another (experiment=wall: 64 px).
+    pinned = [f"latent.pixel_size={latent.pixel_size}"] if name == "pixels" else []
+    return overrides + pinned + [f"model.patch_size={side // tokens_side}"]
 
 
 def train_model(name: str, overrides: list[str], args: argparse.Namespace, recipe: list[str]) -> Path:
