@@ -47,6 +47,15 @@ def uniform_actions(shape: tuple[int, ...], generator: torch.Generator, device: 
     return ACTION_LOW + (ACTION_HIGH - ACTION_LOW) * u
 
 
+def warm_started_candidates(init: Tensor, n: int, generator: torch.Generator) -> Tensor:
+    """``n`` uniform candidates per episode [B, n, H, Aw] whose first is the warm start ``init``
+    [B, H, Aw], so replanning never discards a plan that still scores best."""
+    B, H, A = init.shape
+    candidates = uniform_actions((B, n, H, A), generator, init.device)
+    candidates[:, 0] = init
+    return candidates
+
+
 class Planner(ABC):
     """Base planner. ``max_batch`` bounds the candidates (B x S) scored per rollout call."""
 

@@ -16,7 +16,7 @@ from wmplan.planners.base import (
     Planner,
     RolloutFn,
     best_of,
-    uniform_actions,
+    warm_started_candidates,
 )
 
 
@@ -48,12 +48,9 @@ class GradientPlanner(Planner):
     def search(
         self, rollout_fn: RolloutFn, objective: Objective, goal: Goal, init: Tensor, generator: torch.Generator
     ) -> PlanResult:
-        B, H, A = init.shape
-        actions = uniform_actions((B, self.restarts, H, A), generator, init.device)  # [B, R, H, Aw]
-        actions[:, 0] = init
-        actions.requires_grad_(True)
+        actions = warm_started_candidates(init, self.restarts, generator).requires_grad_(True)  # [B, R, H, Aw]
         optimizer = torch.optim.Adam([actions], lr=self.lr)
-        best_actions, best_cost = init, torch.full((B,), float("inf"), device=init.device)
+        best_actions, best_cost = init, torch.full(init.shape[:1], float("inf"), device=init.device)
         for step in range(self.iterations + 1):
             optimizer.zero_grad(set_to_none=True)
             last = step == self.iterations  # the final iterate is scored but not stepped

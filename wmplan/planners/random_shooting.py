@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from wmplan.planners.base import Goal, Objective, PlanResult, Planner, RolloutFn, best_of, uniform_actions
+from wmplan.planners.base import Goal, Objective, PlanResult, Planner, RolloutFn, best_of, warm_started_candidates
 
 
 @dataclass
@@ -29,8 +29,6 @@ class RandomShooting(Planner):
     def search(
         self, rollout_fn: RolloutFn, objective: Objective, goal: Goal, init: Tensor, generator: torch.Generator
     ) -> PlanResult:
-        B, H, A = init.shape
-        samples = uniform_actions((B, self.num_samples, H, A), generator, init.device)  # [B, S, H, Aw]
-        samples[:, 0] = init
+        samples = warm_started_candidates(init, self.num_samples, generator)  # [B, S, H, Aw]
         actions, cost = best_of(samples, self.score(rollout_fn, objective, goal, samples))
         return PlanResult(actions=actions, cost=cost)
