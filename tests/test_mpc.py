@@ -1,6 +1,7 @@
 """The MPC harness on a tiny 2-D point GoalEnv: oracle vs random, budget, context, outputs."""
 
 import json
+import logging
 
 import gymnasium as gym
 import imageio.v3 as iio
@@ -102,10 +103,14 @@ def test_budget_is_spent_exactly_with_no_early_stop(oracle_records):
     assert np.linalg.norm(replay[-1] - r.goal_state) == pytest.approx(r.distances[-1])
 
 
-def test_budget_that_does_not_divide_the_plan(episodes):
+def test_budget_that_does_not_divide_the_plan(episodes, caplog):
     """35 env steps = 7 planner steps; with execute_k=3 the last replan executes only 1."""
-    records = run(CEM, episodes[:1], budget_env_steps=35, execute_k=3)
+    with caplog.at_level(logging.INFO, logger="wmplan.planners.mpc"):
+        records = run(CEM, episodes[:1], budget_env_steps=35, execute_k=3)
     assert records[0].steps == 35 and len(records[0].plan_times) == 3
+    progress = [m for m in caplog.messages if m.startswith("replan ")]
+    assert [m.split(" (")[0] for m in progress] == ["replan 1/3", "replan 2/3", "replan 3/3"]
+    assert "35 env steps" in progress[-1] and f"{int(records[0].success)}/1 at the goal now" in progress[-1]
     with pytest.raises(ValueError, match="multiple of frameskip"):
         run(CEM, episodes[:1], budget_env_steps=12)
     with pytest.raises(ValueError, match="execute_k"):

@@ -12,6 +12,7 @@ The main number is DINO-WM's *success at the end*: the last executed state succe
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 import time
@@ -27,6 +28,8 @@ from wmplan.video import save_video, tile
 
 if TYPE_CHECKING:
     import gymnasium as gym
+
+log = logging.getLogger(__name__)
 
 # obs batch (pixels uint8 [N,H,W,3], proprio float32 [N,P], state float64 [N,S]) -> goal-like dict
 EncodeFn = Callable[[dict[str, torch.Tensor]], Goal]
@@ -117,7 +120,8 @@ def run_mpc(
         record.frames.append(pixels)
 
     init, remaining = None, budget_env_steps // frameskip
-    while remaining > 0:
+    replans = -(-remaining // execute_k)
+    for replan in range(1, replans + 1):
         t0 = time.perf_counter()
         rollout_fn = make_rollout_fn(make_context(encode_fn, obs_steps, act_steps, history, Aw))
         plan = planner.plan(rollout_fn, objective, goal, B, horizon, Aw, init, generator)
@@ -130,7 +134,15 @@ def run_mpc(
         act_steps += list(actions.unbind(dim=1))
         init = torch.cat([plan.actions[:, n:], torch.zeros_like(plan.actions[:, :n])], dim=1)
         remaining -= n
+        log.info(progress_line(records, replan, replans, elapsed))
     return records
+
+
+def progress_line(records: Sequence[EpisodeRecord], replan: int, replans: int, seconds: float) -> str:
+    """One line per replan, so that a long CPU run shows where it is."""
+    now = sum(r.successes[-1] for r in records)
+    return (f"replan {replan}/{replans} ({seconds:.1f} s): {records[0].steps} env steps, "
+            f"{now}/{len(records)} at the goal now, {sum(r.success_any for r in records)} reached it")
 
 
 def check_mpc_args(episodes, budget_env_steps, frameskip, execute_k, horizon, history) -> None:
