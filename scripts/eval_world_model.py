@@ -26,6 +26,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--dataset", required=True, type=Path, help="the dataset folder the model was trained on")
     p.add_argument("--clips", type=int, default=256, help="fixed validation clips")
     p.add_argument("--seed", type=int, default=42, help="picks the validation clips")
+    p.add_argument("--context", type=int, default=1,
+                   help="true context frames (reference protocol: 1; e.g. 3 for a model trained with 3)")
     p.add_argument("--steps", type=int, default=10, help="sampling steps (reference protocol: 250)")
     p.add_argument("--schedule", default="sequential", choices=("sequential", "pyramid", "full_sequence"))
     p.add_argument("--batch-size", type=int, default=64)
@@ -69,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     quality = None
     if wm.module.codec.can_decode:
         sampler = reference_sampler(wm, steps=args.steps, schedule=args.schedule)
-        quality = prediction_quality(wm, args.dataset, args.clips, seed=args.seed, sampler=sampler,
+        quality = prediction_quality(wm, args.dataset, args.clips, context=args.context, seed=args.seed, sampler=sampler,
                                      batch_size=args.batch_size)
     sensitivity = action_sensitivity(wm, args.dataset, args.clips, seed=args.seed, batch_size=args.batch_size)
     denoising = denoising_error(wm, args.dataset, min(args.clips, 64), seed=args.seed, batch_size=args.batch_size)

@@ -127,6 +127,10 @@ def test_eval_script_writes_json(checkpoint, dataset, capsys):
     data = json.loads(out.read_text())
     assert data["prediction_quality"]["clips"] == 4 and "action_sensitivity" in data
     assert data["denoising_error"]["clips"] == 4
+    assert data["prediction_quality"]["context_frames"] == 1
+    out = script.main(["--checkpoint", str(checkpoint), "--dataset", str(dataset), "--clips", "4", "--steps", "2",
+                       "--context", "2", "--out", str(checkpoint.with_name("context2.json"))])
+    assert json.loads(out.read_text())["prediction_quality"]["context_frames"] == 2
 
 
 def test_compare_latents_end_to_end(dataset, tmp_path, capsys):
