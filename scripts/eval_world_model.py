@@ -50,13 +50,15 @@ def format_table(quality: dict[str, Any] | None, sensitivity: dict[str, Any], de
             lines.append(f"  {label:<16} {s['psnr']:7.2f} {s['ssim']:7.4f}   {frames}")
     else:
         lines.append("prediction quality: codec is encode-only, no pixel metrics")
-    mse, rms = sensitivity["latent_mse"], sensitivity["action_embedding_rms"]
-    lines.append(f"action sensitivity: latent MSE of frame {sensitivity['predicted_frames']} to the truth "
+    mse, rms, pmse = sensitivity["latent_mse"], sensitivity["action_embedding_rms"], sensitivity["proprio_mse"]
+    lines.append(f"action sensitivity: MSE of predicted frame {sensitivity['predicted_frames']} to the truth "
                  f"({sensitivity['clips']} clips, {sensitivity['sampler']['steps']} steps)")
-    lines.append(f"  {'actions':<16} {'MSE':>9} {'emb RMS':>9}")
-    for name in ("ground_truth", "zero", "random"):
-        lines.append(f"  {name:<16} {mse[name]:9.4f} {rms[name]:9.4f}")
-    lines.append(f"  {'context (copy)':<16} {mse['context']:9.4f}")
+    lines.append(f"  {'actions':<16} {'latent':>9} {'proprio':>9} {'emb RMS':>9}")
+    for name in ("ground_truth", "zero", "random", "context"):
+        proprio = "" if pmse is None else f"{pmse[name]:9.4f}"
+        emb = f"{rms[name]:9.4f}" if name in rms else ""
+        label = "context (copy)" if name == "context" else name
+        lines.append(f"  {label:<16} {mse[name]:9.4f} {proprio:>9} {emb:>9}")
     lines.append(f"denoiser x0 latent MSE per noise level ({denoising['clips']} clips, one model call; "
                  f"copy-last {denoising['copy_last']:.4f})")
     lines.append("  " + " ".join(f"{level:>8}" for level in denoising["x0_mse"]))

@@ -83,9 +83,13 @@ def test_action_sensitivity(wm, dataset):
     result = action_sensitivity(wm, dataset, n_clips=6, seed=3, batch_size=4)
     assert set(result["latent_mse"]) == {"ground_truth", "zero", "random", "context"}
     assert set(result["action_embedding_rms"]) == {"ground_truth", "zero", "random"}
-    values = [*result["latent_mse"].values(), *result["action_embedding_rms"].values()]
+    assert set(result["proprio_mse"]) == {"ground_truth", "zero", "random", "context"}
+    values = [*result["latent_mse"].values(), *result["proprio_mse"].values(), *result["action_embedding_rms"].values()]
     assert all(math.isfinite(v) and v >= 0 for v in values)
     assert result["action_embedding_rms"]["random"] > 0
+    clips = validation_clips(wm, dataset, 6, 4, seed=3)
+    proprio = wm.encode({"pixels": clips["pixels"], "proprio": clips["proprio"]})["proprio"]  # [6, 4, P]
+    assert result["proprio_mse"]["context"] == pytest.approx(float(((proprio[:, 0] - proprio[:, -1]) ** 2).mean()), rel=1e-5)
     assert action_sensitivity(wm, dataset, n_clips=6, seed=3, batch_size=4) == result
 
 

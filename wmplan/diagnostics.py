@@ -63,10 +63,11 @@ def batches(clips: dict[str, Any], batch_size: int) -> Iterator[tuple[int, dict[
 
 
 def rollout_from_context(wm: WorldModel, batch: dict[str, Any], context: int, actions: torch.Tensor,
-                         sampler: SamplerConfig | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+                         sampler: SamplerConfig | None, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """Encode a clip batch and predict frames ``context..`` under ``actions`` [b, H, Aw].
 
-    Returns (predicted latents [b, H, C, h, w], true latents of the whole clip [b, T, C, h, w]).
+    Returns (the prediction: latents [b, H, C, h, w], proprio [b, H, P] | None; the whole
+    clip's encoding: latents [b, T, C, h, w], proprio [b, T, P] | None).
     """
     enc = wm.encode({"pixels": batch["pixels"], "proprio": batch["proprio"]})
     latents, proprio = enc["latents"], enc["proprio"]
@@ -76,7 +77,7 @@ def rollout_from_context(wm: WorldModel, batch: dict[str, Any], context: int, ac
         "actions": batch["actions"][:, : context - 1].float(),
     }
     pred = wm.rollout(ctx, actions[:, None].float(), sampler=sampler, seed=seed)
-    return pred["latents"][:, 0], latents
+    return {k: None if v is None else v[:, 0] for k, v in pred.items()}, enc
 
 
 def max_psnr(frames: torch.Tensor) -> float:
@@ -119,9 +120,9 @@ def prediction_quality(wm: WorldModel, dataset_path: str | Path, n_clips: int = 
     clips = validation_clips(wm, dataset_path, n_clips, context + predicted, seed)
     model, copy_last, recon = [], [], []
     for start, batch in batches(clips, batch_size):
-        pred, latents = rollout_from_context(wm, batch, context, batch["actions"][:, context - 1 :], sampler, seed + start)
-        truth = batch["pixels"][:, context:]
-        model.append(frame_scores(wm.decode(pred), truth))
+        pred, enc = rollout_from_context(wm, batch, context, batch["actions"][:, context - 1 :], sampler, seed + start)
+        latents, truth = enc["latents"], batch["pixels"][:, context:]
+        model.append(frame_scores(wm.decode(pred["latents"]), truth))
         copy_last.append(frame_scores(batch["pixels"][:, context - 1 : context].expand_as(truth), truth))
         recon.append(frame_scores(wm.decode(latents[:, context:]), truth))
     return {
@@ -146,27 +147,34 @@ def action_sensitivity(wm: WorldModel, dataset_path: str | Path, n_clips: int = 
     From one true context frame, roll out ``predicted`` frames under ground-truth, zero and
     random actions (same sampling noise for all three) and report the latent MSE of the final
     predicted frame to the true final frame; ``context`` is the MSE of the context latent itself
-    (no prediction at all). ``action_embedding_rms`` is the model's action embedding RMS for
-    each action set. A model that ignores actions shows equal distances. ``sampler`` defaults
-    to the world model's planning sampler.
+    (no prediction at all). For a model with proprio, ``proprio_mse`` is the same for its
+    predicted proprio (the planner's proprio term), in normalised (z-score) units. ``action_embedding_rms``
+    is the model's action embedding RMS for each action set. A model that ignores actions shows
+    equal distances. ``sampler`` defaults to the world model's planning sampler.
     """
     clips = validation_clips(wm, dataset_path, n_clips, 1 + predicted, seed)
-    sums = {"ground_truth": 0.0, "zero": 0.0, "random": 0.0, "context": 0.0}
-    rms_sums = {"ground_truth": 0.0, "zero": 0.0, "random": 0.0}
+    names = ("ground_truth", "zero", "random")
+    sums = {"latent_mse": dict.fromkeys((*names, "context"), 0.0), "proprio_mse": dict.fromkeys((*names, "context"), 0.0),
+            "action_embedding_rms": dict.fromkeys(names, 0.0)}
     n = len(clips["pixels"])
     for start, batch in batches(clips, batch_size):
         variants = action_variants(batch["actions"].float(), seed + start)
         b = len(batch["pixels"])
         for name, actions in variants.items():
-            pred, latents = rollout_from_context(wm, batch, 1, actions, sampler, seed + start)
-            sums[name] += float(((pred[:, -1] - latents[:, -1]) ** 2).mean()) * b
-            rms_sums[name] += wm.model.action_embedding_rms(actions) ** 2 * b
-        sums["context"] += float(((latents[:, 0] - latents[:, -1]) ** 2).mean()) * b
+            pred, enc = rollout_from_context(wm, batch, 1, actions, sampler, seed + start)
+            sums["latent_mse"][name] += float(((pred["latents"][:, -1] - enc["latents"][:, -1]) ** 2).mean()) * b
+            if pred["proprio"] is not None:
+                sums["proprio_mse"][name] += float(((pred["proprio"][:, -1] - enc["proprio"][:, -1]) ** 2).mean()) * b
+            sums["action_embedding_rms"][name] += wm.model.action_embedding_rms(actions) ** 2 * b
+        sums["latent_mse"]["context"] += float(((enc["latents"][:, 0] - enc["latents"][:, -1]) ** 2).mean()) * b
+        if enc["proprio"] is not None:
+            sums["proprio_mse"]["context"] += float(((enc["proprio"][:, 0] - enc["proprio"][:, -1]) ** 2).mean()) * b
     return {
         "clips": n, "predicted_frames": predicted, "seed": seed,
         "sampler": dataclasses.asdict(sampler or wm.sampler),
-        "latent_mse": {k: v / n for k, v in sums.items()},
-        "action_embedding_rms": {k: math.sqrt(v / n) for k, v in rms_sums.items()},
+        "latent_mse": {k: v / n for k, v in sums["latent_mse"].items()},
+        "proprio_mse": {k: v / n for k, v in sums["proprio_mse"].items()} if wm.uses_proprio else None,
+        "action_embedding_rms": {k: math.sqrt(v / n) for k, v in sums["action_embedding_rms"].items()},
     }
 
 
