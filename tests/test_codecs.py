@@ -245,6 +245,10 @@ def test_train_vae_is_reproducible_and_replaces_atomically(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
     with pytest.raises(ValueError, match="square uint8 frames"):
         train_vae(frames.astype(np.float32), tmp_path / "b", cfg)
+    fp32 = train_vae(frames, tmp_path / "c", dataclasses.replace(cfg, precision="32"))
+    assert fp32["psnr"] != first["psnr"]  # the switch reaches the training step
+    with pytest.raises(ValueError, match="precision"):
+        VAETrainConfig(precision="fp16")
 
 
 def test_configs_match_their_dataclasses():
