@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import train_config
+from hydra import compose, initialize_config_dir
 from lightning.pytorch.callbacks import Callback
+from omegaconf import OmegaConf
 
 import wmplan.train
 from wmplan.data.dataset import load_dataset_info
+from wmplan.models.codecs import CodecConfig
+from wmplan.models.diffusion import Diffusion, DiffusionConfig
+from wmplan.models.nanowm import NanoWM, NanoWMConfig
 
 
 def load(path):
@@ -132,3 +138,17 @@ def test_dataset_from_another_env_is_refused(wall_data, tmp_path):
     with pytest.raises(ValueError, match="collected on wmplan/Wall-v0.*wmplan/PushT-v0"):
         wmplan.train.train(cfg)
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (Path(wmplan.train.CONFIG_DIR) / "experiment").glob("*.yaml")))
+def test_experiment_recipes_build_a_model(experiment):
+    """Every experiment recipe composes into a valid codec, NanoWM (on the meta device) and diffusion."""
+    with initialize_config_dir(config_dir=str(wmplan.train.CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[f"experiment={experiment}"])
+    assert cfg.env.name in experiment
+    latent = CodecConfig(**OmegaConf.to_container(cfg.latent, resolve=True))
+    side = latent.pixel_size if latent.name == "pixels" else cfg.model.latent_size
+    model = {**OmegaConf.to_container(cfg.model), "latent_channels": 3 if latent.name == "pixels" else 4, "latent_size": side}
+    with torch.device("meta"):
+        NanoWM(NanoWMConfig(**model))
+    Diffusion(DiffusionConfig(**cfg.diffusion))
