@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+from tqdm import tqdm
 
 from wmplan.models.codecs import LatentCodec
 
@@ -123,7 +124,8 @@ def _build(frames: Sequence[dict], codec: LatentCodec, folder: Path, batch_size:
         n = len(frames)
         latents = np.lib.format.open_memmap(tmp / "latents.npy", "w+", np.float16, (n, *codec.latent_shape))
         keys = np.empty((n, 2), np.int64)
-        for lo in range(0, n, batch_size):
+        # a VAE encodes ~100k frames for minutes on a CPU: show that it is working
+        for lo in tqdm(range(0, n, batch_size), desc=f"latent cache ({codec.cfg.name}, {n} frames)", unit="batch"):
             items = [frames[i] for i in range(lo, min(lo + batch_size, n))]
             pixels = torch.cat([torch.as_tensor(item["pixels"]) for item in items])  # [b, H, W, 3]
             z = codec.encode(pixels[None])[0].cpu()  # [b, C, h, w]
