@@ -44,7 +44,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--experiment", default=None, help="configs/experiment/<name> recipe (default: <env> if it exists; 'none' for none)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default outputs/compare_latents/<env>)")
     p.add_argument("--steps", type=int, default=2000, help="world-model training steps, the same for every codec")
-    p.add_argument("--vae-steps", type=int, default=3000, help="steps for the trained_vae codec when it must be trained")
+    p.add_argument("--vae-steps", type=int, default=None,
+                   help="steps for the trained_vae codec when it must be trained (default: configs/train_vae.yaml)")
     p.add_argument("--vae-dir", type=Path, default=None, help="trained_vae folder (default outputs/vae/<env>)")
     p.add_argument("--dino", type=Path, default=None, help="local DINOv2 weights folder: adds the dino codec")
     p.add_argument("--vjepa", type=Path, default=None, help="local V-JEPA 2 weights folder: adds the vjepa codec")
@@ -85,8 +86,9 @@ def ensure_vae(args: argparse.Namespace, resolution: int) -> None:
     """Train the trained_vae codec on the dataset when its folder does not exist yet."""
     if args.vae_dir.exists():
         return
-    cfg = compose_config("train_vae", [f"env={args.env}", f"env.resolution={resolution}", f"train.steps={args.vae_steps}"])
-    print(f"training the VAE codec ({args.vae_steps} steps) into {args.vae_dir}")
+    steps = [] if args.vae_steps is None else [f"train.steps={args.vae_steps}"]
+    cfg = compose_config("train_vae", [f"env={args.env}", f"env.resolution={resolution}", *steps])
+    print(f"training the VAE codec ({cfg.train.steps} steps) into {args.vae_dir}")
     train_vae(args.dataset, args.vae_dir, VAETrainConfig(**OmegaConf.to_container(cfg.train, resolve=True)))
 
 

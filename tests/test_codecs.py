@@ -257,7 +257,7 @@ def test_configs_match_their_dataclasses():
 
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         cfg = compose(config_name="train_vae", overrides=["env=wall"])
-        assert VAETrainConfig(**OmegaConf.to_container(cfg.train, resolve=True)).block_out_channels == (32, 64, 64, 64)
+        assert VAETrainConfig(**OmegaConf.to_container(cfg.train, resolve=True)).block_out_channels == VAETrainConfig().block_out_channels
         for name in ("vae", "trained_vae", "pixels", "dino", "vjepa"):
             latent = compose(config_name="train_vae", overrides=[f"+latent={name}"]).latent
             codec_cfg = CodecConfig(**OmegaConf.to_container(latent, resolve=True))

@@ -145,10 +145,13 @@ def test_experiment_recipes_build_a_model(experiment):
     """Every experiment recipe composes into a valid codec, NanoWM (on the meta device) and diffusion."""
     with initialize_config_dir(config_dir=str(wmplan.train.CONFIG_DIR), version_base="1.3"):
         cfg = compose("train", overrides=[f"experiment={experiment}"])
-    assert cfg.env.name in experiment
+        vae = compose("train_vae", overrides=[f"env={cfg.env.name}"]).train
+    assert experiment.startswith(cfg.env.name)
     latent = CodecConfig(**OmegaConf.to_container(cfg.latent, resolve=True))
-    side = latent.pixel_size if latent.name == "pixels" else cfg.model.latent_size
-    model = {**OmegaConf.to_container(cfg.model), "latent_channels": 3 if latent.name == "pixels" else 4, "latent_size": side}
+    # the latent side the codec will give: pixels are resized, the trained VAE downsamples
+    side = latent.pixel_size if latent.name == "pixels" else cfg.env.resolution // 2 ** (len(vae.block_out_channels) - 1)
+    channels = 3 if latent.name == "pixels" else vae.latent_channels
+    model = {**OmegaConf.to_container(cfg.model), "latent_channels": channels, "latent_size": side}
     with torch.device("meta"):
         NanoWM(NanoWMConfig(**model))
     Diffusion(DiffusionConfig(**cfg.diffusion))

@@ -1,6 +1,6 @@
 """Train a small diffusers AutoencoderKL on an environment's own frames (`trained_vae`).
 
-    wmplan-train-vae env=wall train.steps=3000
+    wmplan-train-vae env=wall train.steps=2000
 
 Loss: L1 (or MSE) reconstruction + a small KL term, weighted as in Latent Diffusion
 (`kl_weight` relative to the per-image *summed* reconstruction loss). The saved folder is a
@@ -32,11 +32,11 @@ CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"  # the repo's, for 
 
 @dataclass
 class VAETrainConfig:
-    block_out_channels: tuple[int, ...] = (32, 64, 64, 64)  # one level per entry; 2^(n-1) downsampling
+    block_out_channels: tuple[int, ...] = (32, 64, 64)  # one level per entry; 2^(n-1) downsampling
     latent_channels: int = 4
     layers_per_block: int = 1
     norm_num_groups: int = 32
-    steps: int = 3000
+    steps: int = 2000
     batch_size: int = 32
     lr: float = 5e-4
     recon_loss: str = "l1"  # l1 | mse
