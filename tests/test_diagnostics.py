@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -20,6 +21,7 @@ from wmplan.diagnostics import (
     validation_clips,
 )
 from wmplan.envs.config import load_env_config
+from wmplan.models.train_vae import VAETrainConfig
 from wmplan.rollout import WorldModel
 from wmplan.train import CONFIG_DIR, train
 
@@ -98,6 +100,13 @@ def test_wrong_dataset_env_is_refused(wm, tmp_path):
                     tmp_path / "pusht", progress=False)
     with pytest.raises(ValueError, match="trained on"):
         prediction_quality(wm, other, n_clips=2)
+
+
+def test_bench_vae_times_a_training_step():
+    bench = load_script("bench_vae")
+    cfg = VAETrainConfig(block_out_channels=(8, 16), norm_num_groups=8, batch_size=2, log_every=10**9)
+    frames = np.zeros((4, 16, 16, 3), np.uint8)
+    assert all(bench.seconds_per_step(dataclasses.replace(cfg, precision=p), frames, 1) > 0 for p in ("32", "bf16-mixed"))
 
 
 def test_bench_replan_timing_runs():

@@ -154,27 +154,26 @@ def action_sensitivity(wm: WorldModel, dataset_path: str | Path, n_clips: int = 
     """
     clips = validation_clips(wm, dataset_path, n_clips, 1 + predicted, seed)
     names = ("ground_truth", "zero", "random")
-    sums = {"latent_mse": dict.fromkeys((*names, "context"), 0.0), "proprio_mse": dict.fromkeys((*names, "context"), 0.0),
-            "action_embedding_rms": dict.fromkeys(names, 0.0)}
+    keys = ("latents", "proprio") if wm.uses_proprio else ("latents",)
+    mse = {key: dict.fromkeys((*names, "context"), 0.0) for key in keys}  # summed over clips
+    rms = dict.fromkeys(names, 0.0)
     n = len(clips["pixels"])
     for start, batch in batches(clips, batch_size):
         variants = action_variants(batch["actions"].float(), seed + start)
         b = len(batch["pixels"])
         for name, actions in variants.items():
             pred, enc = rollout_from_context(wm, batch, 1, actions, sampler, seed + start)
-            sums["latent_mse"][name] += float(((pred["latents"][:, -1] - enc["latents"][:, -1]) ** 2).mean()) * b
-            if pred["proprio"] is not None:
-                sums["proprio_mse"][name] += float(((pred["proprio"][:, -1] - enc["proprio"][:, -1]) ** 2).mean()) * b
-            sums["action_embedding_rms"][name] += wm.model.action_embedding_rms(actions) ** 2 * b
-        sums["latent_mse"]["context"] += float(((enc["latents"][:, 0] - enc["latents"][:, -1]) ** 2).mean()) * b
-        if enc["proprio"] is not None:
-            sums["proprio_mse"]["context"] += float(((enc["proprio"][:, 0] - enc["proprio"][:, -1]) ** 2).mean()) * b
+            for key in keys:  # the last predicted frame against the truth
+                mse[key][name] += float(((pred[key][:, -1] - enc[key][:, -1]) ** 2).mean()) * b
+            rms[name] += wm.model.action_embedding_rms(actions) ** 2 * b
+        for key in keys:  # the context frame itself against the truth
+            mse[key]["context"] += float(((enc[key][:, 0] - enc[key][:, -1]) ** 2).mean()) * b
     return {
         "clips": n, "predicted_frames": predicted, "seed": seed,
         "sampler": dataclasses.asdict(sampler or wm.sampler),
-        "latent_mse": {k: v / n for k, v in sums["latent_mse"].items()},
-        "proprio_mse": {k: v / n for k, v in sums["proprio_mse"].items()} if wm.uses_proprio else None,
-        "action_embedding_rms": {k: math.sqrt(v / n) for k, v in sums["action_embedding_rms"].items()},
+        "latent_mse": {k: v / n for k, v in mse["latents"].items()},
+        "proprio_mse": {k: v / n for k, v in mse["proprio"].items()} if wm.uses_proprio else None,
+        "action_embedding_rms": {k: math.sqrt(v / n) for k, v in rms.items()},
     }
 
 

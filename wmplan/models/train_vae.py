@@ -47,7 +47,7 @@ class VAETrainConfig:
     scale_frames: int = 1024  # frames whose latents set the scaling factor
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
-    precision: str = "bf16-mixed"  # bf16-mixed (bf16 autocast: 1.7x faster on this CPU) | 32
+    precision: str = "bf16-mixed"  # bf16-mixed (bf16 autocast; scripts/bench_vae.py) | 32
     log_every: int = 100
 
     def __post_init__(self) -> None:
