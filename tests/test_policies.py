@@ -69,3 +69,30 @@ def test_bad_policy_names_and_env_pairs_are_rejected():
         make_policy("waypoint", pusht, rng)
     with pytest.raises(TypeError, match="numpy.random.Generator"):
         make_policy("random", pusht, 0)
+
+
+def test_sticky_random_holds_actions_for_hold_steps_on_average_and_is_seeded():
+    env = _env("wall")
+    policy, twin = (make_policy("sticky_random", env, np.random.default_rng(3), hold=5.0) for _ in range(2))
+    actions = np.array([policy(None, {}) for _ in range(5000)])
+    assert actions.dtype == np.float32 and actions.min() >= -1 and actions.max() <= 1
+    switches = np.any(actions[1:] != actions[:-1], axis=1).sum()
+    assert 5000 / 5.0 * 0.85 < switches < 5000 / 5.0 * 1.15  # a new action every ~5 steps
+    np.testing.assert_allclose(actions.std(0), 1 / np.sqrt(3), atol=0.05)  # still U(-1, 1) marginals
+    np.testing.assert_array_equal(actions[:50], [twin(None, {}) for _ in range(50)])
+    with pytest.raises(ValueError, match="hold"):
+        make_policy("sticky_random", env, np.random.default_rng(0), hold=0.5)
+
+
+def test_sticky_random_drives_the_wall_dot_through_the_door_more_often_than_random():
+    env = _env("wall")
+    from wmplan.envs.wall import WALL_X
+
+    crossed = {}
+    for name in ("sticky_random", "random"):
+        count = 0
+        for seed in range(200):
+            states, _ = _rollout(env, make_policy(name, env, np.random.default_rng(seed)), steps=50, seed=seed)
+            count += len(set(states[:, 0] < WALL_X)) > 1
+        crossed[name] = count
+    assert crossed["sticky_random"] >= 20 and crossed["sticky_random"] > 2 * crossed["random"]  # 28 vs 10

@@ -34,6 +34,33 @@ class RandomPolicy:
         return self.rng.uniform(self.low, self.high).astype(np.float32)
 
 
+class StickyRandomPolicy:
+    """Uniform actions, each held for a geometric number of steps (mean ``hold``).
+
+    Uniform i.i.d. actions make the Wall dot random-walk (5% of 50-step episodes from the
+    env's reset states cross the door), while a planner's plans move it straight and fast
+    into walls and through the door. Held actions cover that regime (hold 5: 14% cross).
+    """
+
+    def __init__(self, env: gym.Env, rng: np.random.Generator, hold: float = 5.0):
+        if not hold >= 1.0:
+            raise ValueError(f"sticky_random: hold is the mean steps an action is held, >= 1; got {hold}")
+        self.low, self.high = env.action_space.low, env.action_space.high
+        self.rng, self.switch = rng, 1.0 / hold
+        self.action = self._draw()
+
+    def _draw(self) -> np.ndarray:
+        return self.rng.uniform(self.low, self.high).astype(np.float32)
+
+    def reset(self, obs: dict, info: dict) -> None:
+        self.action = self._draw()
+
+    def __call__(self, obs: dict, info: dict) -> np.ndarray:
+        if self.rng.random() < self.switch:
+            self.action = self._draw()
+        return self.action.copy()
+
+
 class PusherPolicy:
     """PushT: the env module's scripted noisy pusher, which keeps the T block moving.
 
@@ -89,6 +116,7 @@ class WaypointPolicy:
 
 POLICIES: dict[str, Callable[..., Policy]] = {
     "random": RandomPolicy,
+    "sticky_random": StickyRandomPolicy,
     "pusher": PusherPolicy,
     "waypoint": WaypointPolicy,
 }
