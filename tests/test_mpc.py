@@ -129,9 +129,11 @@ def test_context_history_and_warm_start(episodes):
     oracle = OracleModel(env)
 
     class Recording:
-        def plan(self, rollout_fn, objective, goal, batch_size, horizon, action_dim, init=None, generator=None):
+        def plan(self, rollout_fn, objective, goal, batch_size, horizon, action_dim, init=None, generator=None,
+                 frameskip=1):
             plan = build_planner(CEM).plan(rollout_fn, objective, goal, batch_size, horizon, action_dim, init, generator)
             seen.append((rollout_fn.context, init, plan.actions))
+            assert frameskip == env.action_space.shape[0] // env.unwrapped.action_space.shape[0]
             return plan
 
     def make_rollout_fn(context):

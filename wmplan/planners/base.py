@@ -42,6 +42,37 @@ def randn(shape: tuple[int, ...], generator: torch.Generator, device: torch.devi
     return torch.randn(shape, generator=generator, device=generator.device).to(device)
 
 
+def colored_noise(
+    shape: tuple[int, ...], beta: float, frameskip: int, generator: torch.Generator, device: torch.device
+) -> Tensor:
+    """Unit-variance Gaussian noise [B, S, H, Aw] with power spectrum ~ 1/f^beta over env time.
+
+    ``Aw = frameskip * A`` packs ``frameskip`` env actions per planner step, so env time has
+    ``H * frameskip`` steps. ``beta = 0`` is white noise; larger ``beta`` correlates successive
+    env actions (iCEM, Pinneri et al. 2020), so samples move far in one direction instead of
+    jittering in place. Each frequency gets a complex N(0, 1) coefficient scaled by
+    ``f^(-beta/2)`` and the signal is divided by its exact standard deviation.
+    """
+    if beta == 0:
+        return randn(shape, generator, device)
+    *lead, H, Aw = shape
+    T, A = H * frameskip, Aw // frameskip
+    f = torch.fft.rfftfreq(T, dtype=torch.float64)  # [F]
+    f[0] = f[1] if T > 1 else 1.0  # the DC term gets the lowest frequency's power
+    scale = f ** (-beta / 2)  # [F]
+    re, im = randn((*lead, A, len(f), 2), generator, torch.device("cpu")).double().unbind(-1)
+    im[..., 0] = 0.0  # DC (and Nyquist, for even T) are real for a real signal
+    if T % 2 == 0:
+        im[..., -1] = 0.0
+    signal = torch.fft.irfft(torch.complex(re, im) * scale, n=T)  # [*lead, A, T]
+    # Var(x_t) = (s_0^2 + 4 sum_mid s_k^2 + s_N^2) / T^2, with s_N only for even T
+    edges = scale[0] ** 2 + (scale[-1] ** 2 if T % 2 == 0 else 0.0)
+    mid = scale[1:-1] if T % 2 == 0 else scale[1:]
+    std = (edges + 4 * (mid**2).sum()).sqrt() / T
+    noise = (signal / std).float().transpose(-1, -2)  # [*lead, T, A]
+    return noise.reshape(*lead, H, Aw).to(device)
+
+
 def uniform_actions(shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> Tensor:
     u = torch.rand(shape, generator=generator, device=generator.device).to(device)
     return ACTION_LOW + (ACTION_HIGH - ACTION_LOW) * u
@@ -63,6 +94,7 @@ class Planner(ABC):
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.max_batch = max_batch
+        self.frameskip = 1  # set by each ``plan`` call
 
     def plan(
         self,
@@ -74,12 +106,18 @@ class Planner(ABC):
         action_dim: int,
         init: Tensor | None = None,
         generator: torch.Generator | None = None,
+        frameskip: int = 1,
     ) -> PlanResult:
         """Best action sequences [B, H, Aw] found for ``goal``; ``init`` [B, H, Aw] warm-starts.
 
-        Without a generator the search is seeded 0, so an unseeded call is still reproducible.
+        ``frameskip``: env actions packed in one planner action (``Aw = frameskip * A``), which
+        lets samplers correlate noise over env time. Without a generator the search is seeded
+        0, so an unseeded call is still reproducible.
         """
         check_plan_args(goal, batch_size, horizon, action_dim, init)
+        if frameskip < 1 or action_dim % frameskip:
+            raise ValueError(f"frameskip must be >= 1 and divide action_dim={action_dim}, got {frameskip}")
+        self.frameskip = frameskip
         device = goal["latents"].device
         shape = (batch_size, horizon, action_dim)
         init = torch.zeros(shape, device=device) if init is None else init.detach().float().to(device)
@@ -157,16 +195,18 @@ class GaussianPlanner(Planner):
     Each iteration draws ``num_samples`` candidates around ``mean`` (candidate 0 is the mean
     itself, so a good warm start is never lost), clamps them into the action box, scores
     them and lets the subclass refit ``(mean, std)``. The plan is the final mean.
+    ``noise_beta`` colours the sampling noise over env time (see ``colored_noise``).
     """
 
-    def __init__(self, num_samples: int, iterations: int, init_sigma: float, max_batch: int):
+    def __init__(self, num_samples: int, iterations: int, init_sigma: float, max_batch: int, noise_beta: float = 0.0):
         super().__init__(max_batch)
-        if num_samples < 2 or iterations < 1 or init_sigma <= 0:
+        if num_samples < 2 or iterations < 1 or init_sigma <= 0 or noise_beta < 0:
             raise ValueError(
-                f"need num_samples >= 2, iterations >= 1, init_sigma > 0; "
-                f"got {num_samples}, {iterations}, {init_sigma}"
+                f"need num_samples >= 2, iterations >= 1, init_sigma > 0, noise_beta >= 0; "
+                f"got {num_samples}, {iterations}, {init_sigma}, {noise_beta}"
             )
         self.num_samples, self.iterations, self.init_sigma = num_samples, iterations, init_sigma
+        self.noise_beta = noise_beta
 
     @abstractmethod
     def update(self, samples: Tensor, costs: Tensor, mean: Tensor, std: Tensor) -> tuple[Tensor, Tensor]:
@@ -176,7 +216,7 @@ class GaussianPlanner(Planner):
         B, H, A = init.shape
         mean, std = init, torch.full_like(init, self.init_sigma)
         for _ in range(self.iterations):
-            noise = randn((B, self.num_samples, H, A), generator, init.device)
+            noise = colored_noise((B, self.num_samples, H, A), self.noise_beta, self.frameskip, generator, init.device)
             samples = mean[:, None] + std[:, None] * noise  # [B, S, H, Aw]
             samples[:, 0] = mean
             samples = samples.clamp(ACTION_LOW, ACTION_HIGH)

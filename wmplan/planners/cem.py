@@ -18,12 +18,13 @@ class CEMConfig:
     topk: int = 30
     var_scale: float = 1.0  # initial sigma of every action dimension
     iterations: int = 30
+    noise_beta: float = 0.0  # 0: white sampling noise; 2: iCEM's coloured noise over env time
     max_batch: int = 1024  # candidates (episodes x samples) per rollout call
 
 
 class CEM(GaussianPlanner):
     def __init__(self, cfg: CEMConfig):
-        super().__init__(cfg.num_samples, cfg.iterations, cfg.var_scale, cfg.max_batch)
+        super().__init__(cfg.num_samples, cfg.iterations, cfg.var_scale, cfg.max_batch, cfg.noise_beta)
         if not 2 <= cfg.topk <= cfg.num_samples:
             raise ValueError(f"CEM topk must be in [2, num_samples={cfg.num_samples}], got {cfg.topk}")
         self.topk = cfg.topk

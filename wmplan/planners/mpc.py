@@ -124,7 +124,7 @@ def run_mpc(
     for replan in range(1, replans + 1):
         t0 = time.perf_counter()
         rollout_fn = make_rollout_fn(make_context(encode_fn, obs_steps, act_steps, history, Aw))
-        plan = planner.plan(rollout_fn, objective, goal, B, horizon, Aw, init, generator)
+        plan = planner.plan(rollout_fn, objective, goal, B, horizon, Aw, init, generator, frameskip=frameskip)
         elapsed = time.perf_counter() - t0
         n = min(execute_k, remaining)
         actions = plan.actions[:, :n].detach().cpu().float()  # [B, n, Aw]

@@ -17,12 +17,13 @@ class MPPIConfig:
     iterations: int = 10
     noise_sigma: float = 0.5  # fixed exploration noise of every action dimension
     temperature: float = 0.1  # in units of the population's cost std (see MPPI.update)
+    noise_beta: float = 0.0  # 0: white sampling noise; 2: coloured noise over env time
     max_batch: int = 1024  # candidates (episodes x samples) per rollout call
 
 
 class MPPI(GaussianPlanner):
     def __init__(self, cfg: MPPIConfig):
-        super().__init__(cfg.num_samples, cfg.iterations, cfg.noise_sigma, cfg.max_batch)
+        super().__init__(cfg.num_samples, cfg.iterations, cfg.noise_sigma, cfg.max_batch, cfg.noise_beta)
         if cfg.temperature <= 0:
             raise ValueError(f"MPPI temperature must be > 0, got {cfg.temperature}")
         self.temperature = cfg.temperature
