@@ -53,7 +53,8 @@ def compose_config(name: str, overrides: list[str]):
 def wall_main_job(out: Path, args: argparse.Namespace) -> list[str]:
     """Collect Wall data, train a world model, run MPC for it and the two baselines."""
     data = out / "wall" / "data"
-    collect(load_env_config("wall"), args.wall_episodes, "random", args.seed, data, progress=True)
+    # Held random actions: the model sees the dot hit the wall at planning speed (see wall_vae.yaml).
+    collect(load_env_config("wall"), args.wall_episodes, "sticky_random", args.seed, data, progress=True)
     train_cfg = compose_config("train", [
         "experiment=wall", f"data.path={data}", f"out_dir={out / 'wall' / 'train'}",
         f"training.max_steps={args.train_steps}", f"model={args.model}",
