@@ -53,12 +53,13 @@ def compose_config(name: str, overrides: list[str]):
 def wall_main_job(out: Path, args: argparse.Namespace) -> list[str]:
     """Collect Wall data, train a world model, run MPC for it and the two baselines."""
     data = out / "wall" / "data"
-    # Held random actions: the model sees the dot hit the wall at planning speed (see wall_vae.yaml).
-    collect(load_env_config("wall"), args.wall_episodes, "sticky_random", args.seed, data, progress=True)
+    # i.i.d. random data: measured 0.55 against 0.45 with sticky_random for this small 16x16
+    # pixel model (20 episodes, fresh clone); the 16x16x4 VAE model gains from sticky_random.
+    collect(load_env_config("wall"), args.wall_episodes, "random", args.seed, data, progress=True)
     train_cfg = compose_config("train", [
         "experiment=wall", f"data.path={data}", f"out_dir={out / 'wall' / 'train'}",
         f"training.max_steps={args.train_steps}", f"model={args.model}",
-        # 16x16 frames and a v target, the demo's measured setting (0.50 success from a fresh
+        # 16x16 frames and a v target, the demo's measured setting (0.55 success from a fresh
         # clone): the planner's proprio term carries the dot's position, so coarse frames suffice.
         "latent.pixel_size=16", "model.patch_size=4", "diffusion=v_cosine_ztsnr_uniform",
         f"validation.every_n_steps={max(1, args.train_steps // 2)}",
