@@ -100,7 +100,7 @@ def time_replan(wm: WorldModel, planner_cfg: dict[str, Any], episodes: int, hori
         start = time.perf_counter()
         with torch.no_grad(), autocast(precision):
             planner.plan(lambda a: wm.rollout(context, a, sampler=sampler, seed=seed), objective, goal,
-                         episodes, horizon, wm.action_dim, None, generator)
+                         episodes, horizon, wm.action_dim, None, generator, frameskip=wm.frameskip)
         times.append(time.perf_counter() - start)
     return min(times)
 

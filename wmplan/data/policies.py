@@ -34,7 +34,7 @@ class RandomPolicy:
         return self.rng.uniform(self.low, self.high).astype(np.float32)
 
 
-class StickyRandomPolicy:
+class StickyRandomPolicy(RandomPolicy):
     """Uniform actions, each held for a geometric number of steps (mean ``hold``).
 
     Uniform i.i.d. actions make the Wall dot random-walk (5% of 50-step episodes from the
@@ -45,19 +45,16 @@ class StickyRandomPolicy:
     def __init__(self, env: gym.Env, rng: np.random.Generator, hold: float = 5.0):
         if not hold >= 1.0:
             raise ValueError(f"sticky_random: hold is the mean steps an action is held, >= 1; got {hold}")
-        self.low, self.high = env.action_space.low, env.action_space.high
-        self.rng, self.switch = rng, 1.0 / hold
-        self.action = self._draw()
-
-    def _draw(self) -> np.ndarray:
-        return self.rng.uniform(self.low, self.high).astype(np.float32)
+        super().__init__(env, rng)
+        self.switch = 1.0 / hold
+        self.action = super().__call__(None, {})
 
     def reset(self, obs: dict, info: dict) -> None:
-        self.action = self._draw()
+        self.action = super().__call__(obs, info)
 
     def __call__(self, obs: dict, info: dict) -> np.ndarray:
         if self.rng.random() < self.switch:
-            self.action = self._draw()
+            self.action = super().__call__(obs, info)
         return self.action.copy()
 
 

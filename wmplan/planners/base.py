@@ -94,7 +94,6 @@ class Planner(ABC):
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.max_batch = max_batch
-        self.frameskip = 1  # set by each ``plan`` call
 
     def plan(
         self,
@@ -117,18 +116,19 @@ class Planner(ABC):
         check_plan_args(goal, batch_size, horizon, action_dim, init)
         if frameskip < 1 or action_dim % frameskip:
             raise ValueError(f"frameskip must be >= 1 and divide action_dim={action_dim}, got {frameskip}")
-        self.frameskip = frameskip
         device = goal["latents"].device
         shape = (batch_size, horizon, action_dim)
         init = torch.zeros(shape, device=device) if init is None else init.detach().float().to(device)
         generator = generator if generator is not None else torch.Generator().manual_seed(0)
-        return self.search(rollout_fn, objective, goal, init.clamp(ACTION_LOW, ACTION_HIGH), generator)
+        return self.search(rollout_fn, objective, goal, init.clamp(ACTION_LOW, ACTION_HIGH), generator, frameskip)
 
     @abstractmethod
     def search(
-        self, rollout_fn: RolloutFn, objective: Objective, goal: Goal, init: Tensor, generator: torch.Generator
+        self, rollout_fn: RolloutFn, objective: Objective, goal: Goal, init: Tensor, generator: torch.Generator,
+        frameskip: int,
     ) -> PlanResult:
-        """The planner's search from ``init`` [B, H, Aw] (the warm start, zeros without one)."""
+        """The planner's search from ``init`` [B, H, Aw] (the warm start, zeros without one);
+        ``frameskip`` env actions make up one planner action."""
 
     def score(
         self, rollout_fn: RolloutFn, objective: Objective, goal: Goal, actions: Tensor, backward: bool = False
@@ -212,11 +212,11 @@ class GaussianPlanner(Planner):
     def update(self, samples: Tensor, costs: Tensor, mean: Tensor, std: Tensor) -> tuple[Tensor, Tensor]:
         """New (mean, std) [B, H, Aw] from ``samples`` [B, S, H, Aw] and their ``costs`` [B, S]."""
 
-    def search(self, rollout_fn, objective, goal, init, generator):
+    def search(self, rollout_fn, objective, goal, init, generator, frameskip):
         B, H, A = init.shape
         mean, std = init, torch.full_like(init, self.init_sigma)
         for _ in range(self.iterations):
-            noise = colored_noise((B, self.num_samples, H, A), self.noise_beta, self.frameskip, generator, init.device)
+            noise = colored_noise((B, self.num_samples, H, A), self.noise_beta, frameskip, generator, init.device)
             samples = mean[:, None] + std[:, None] * noise  # [B, S, H, Aw]
             samples[:, 0] = mean
             samples = samples.clamp(ACTION_LOW, ACTION_HIGH)

@@ -18,7 +18,7 @@ class CEMConfig:
     topk: int = 30
     var_scale: float = 1.0  # initial sigma of every action dimension
     iterations: int = 30
-    noise_beta: float = 0.0  # 0: white sampling noise; 2: iCEM's coloured noise over env time
+    noise_beta: float = 0.0  # sampling noise ~ 1/f^beta over env time: 0 white (DINO-WM), 1-2 iCEM
     max_batch: int = 1024  # candidates (episodes x samples) per rollout call
 
 

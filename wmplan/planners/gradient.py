@@ -46,7 +46,8 @@ class GradientPlanner(Planner):
         self.restarts, self.iterations, self.lr = cfg.restarts, cfg.iterations, cfg.lr
 
     def search(
-        self, rollout_fn: RolloutFn, objective: Objective, goal: Goal, init: Tensor, generator: torch.Generator
+        self, rollout_fn: RolloutFn, objective: Objective, goal: Goal, init: Tensor, generator: torch.Generator,
+        frameskip: int,
     ) -> PlanResult:
         actions = warm_started_candidates(init, self.restarts, generator).requires_grad_(True)  # [B, R, H, Aw]
         optimizer = torch.optim.Adam([actions], lr=self.lr)

@@ -17,7 +17,7 @@ class MPPIConfig:
     iterations: int = 10
     noise_sigma: float = 0.5  # fixed exploration noise of every action dimension
     temperature: float = 0.1  # in units of the population's cost std (see MPPI.update)
-    noise_beta: float = 0.0  # 0: white sampling noise; 2: coloured noise over env time
+    noise_beta: float = 0.0  # sampling noise ~ 1/f^beta over env time: 0 white, 1-2 iCEM
     max_batch: int = 1024  # candidates (episodes x samples) per rollout call
 
 

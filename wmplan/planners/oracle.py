@@ -42,7 +42,8 @@ class RandomActions(Planner):
         super().__init__(max_batch=1)
 
     def search(
-        self, rollout_fn: RolloutFn, objective: Objective, goal: Goal, init: Tensor, generator: torch.Generator
+        self, rollout_fn: RolloutFn, objective: Objective, goal: Goal, init: Tensor, generator: torch.Generator,
+        frameskip: int,
     ) -> PlanResult:
         actions = uniform_actions(tuple(init.shape), generator, init.device)  # [B, H, Aw]
         return self.result(rollout_fn, objective, goal, actions)

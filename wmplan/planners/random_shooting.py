@@ -27,7 +27,8 @@ class RandomShooting(Planner):
         self.num_samples = cfg.num_samples
 
     def search(
-        self, rollout_fn: RolloutFn, objective: Objective, goal: Goal, init: Tensor, generator: torch.Generator
+        self, rollout_fn: RolloutFn, objective: Objective, goal: Goal, init: Tensor, generator: torch.Generator,
+        frameskip: int,
     ) -> PlanResult:
         samples = warm_started_candidates(init, self.num_samples, generator)  # [B, S, H, Aw]
         actions, cost = best_of(samples, self.score(rollout_fn, objective, goal, samples))
