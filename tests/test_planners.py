@@ -197,3 +197,5 @@ def test_colored_noise_planners_reach_the_goal_and_check_frameskip(name):
         planner.plan(point_mass(START), MSE_LAST, goal_of(REACHABLE), len(START), H, A, frameskip=3)
     with pytest.raises(ValueError, match="noise_beta"):
         build_planner({**FAST[name], "noise_beta": -1.0})
+    with pytest.raises(ValueError, match="noise_beta"):
+        build_planner({**FAST[name], "noise_beta": float("nan")})

@@ -9,6 +9,7 @@ scored, so the returned plan always respects the bounds.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Callable, Protocol
@@ -200,9 +201,9 @@ class GaussianPlanner(Planner):
 
     def __init__(self, num_samples: int, iterations: int, init_sigma: float, max_batch: int, noise_beta: float = 0.0):
         super().__init__(max_batch)
-        if num_samples < 2 or iterations < 1 or init_sigma <= 0 or noise_beta < 0:
+        if num_samples < 2 or iterations < 1 or not init_sigma > 0 or not 0 <= noise_beta < math.inf:
             raise ValueError(
-                f"need num_samples >= 2, iterations >= 1, init_sigma > 0, noise_beta >= 0; "
+                f"need num_samples >= 2, iterations >= 1, init_sigma > 0, noise_beta finite and >= 0; "
                 f"got {num_samples}, {iterations}, {init_sigma}, {noise_beta}"
             )
         self.num_samples, self.iterations, self.init_sigma = num_samples, iterations, init_sigma
