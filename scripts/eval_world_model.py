@@ -1,4 +1,5 @@
-"""Evaluate a world-model checkpoint: prediction quality (SPEC §3) and action sensitivity.
+"""Evaluate a world-model checkpoint: prediction quality (SPEC §3), action sensitivity, the
+denoiser's error per noise level, and open-loop tracking of held-action plans in the true env.
 
     python scripts/eval_world_model.py --checkpoint outputs/train/wall/checkpoints/latest.ckpt \
         --dataset data/wall --clips 256 --steps 10 --schedule sequential
@@ -16,7 +17,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from wmplan.data.dataset import atomic_write_json
-from wmplan.diagnostics import action_sensitivity, denoising_error, prediction_quality, reference_sampler
+from wmplan.diagnostics import action_sensitivity, denoising_error, plan_tracking, prediction_quality, reference_sampler
+from wmplan.envs.config import EnvConfig
 from wmplan.rollout import WorldModel
 
 
@@ -31,13 +33,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=10, help="sampling steps (reference protocol: 250)")
     p.add_argument("--schedule", default="sequential", choices=("sequential", "pyramid", "full_sequence"))
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--plans", type=int, default=8,
+                   help="held-action plans per start state for plan tracking, from min(clips, 32) starts (0 = skip)")
     p.add_argument("--out", type=Path, default=None, help="JSON path (default: next to the checkpoint)")
     return p.parse_args(argv)
 
 
-def format_table(quality: dict[str, Any] | None, sensitivity: dict[str, Any], denoising: dict[str, Any]) -> str:
-    """The printed report: PSNR/SSIM model vs copy-last, latent distances and action RMS, and
-    the denoiser's x0 error per noise level."""
+def format_table(quality: dict[str, Any] | None, sensitivity: dict[str, Any], denoising: dict[str, Any],
+                 tracking: dict[str, Any] | None = None) -> str:
+    """The printed report: PSNR/SSIM model vs copy-last, latent distances and action RMS, the
+    denoiser's x0 error per noise level, and the proprio error along held-action plans."""
     lines = []
     if quality is not None:
         lines.append(f"prediction quality: {quality['clips']} clips, {quality['context_frames']} context + "
@@ -63,6 +68,12 @@ def format_table(quality: dict[str, Any] | None, sensitivity: dict[str, Any], de
                  f"copy-last {denoising['copy_last']:.4f})")
     lines.append("  " + " ".join(f"{level:>8}" for level in denoising["x0_mse"]))
     lines.append("  " + " ".join(f"{v:8.4f}" for v in denoising["x0_mse"].values()))
+    if tracking is not None:
+        lines.append(f"plan tracking: proprio RMSE in env units per predicted step ({tracking['starts']} starts x "
+                     f"{tracking['plans']} held-action plans, {tracking['context_frames']} true context frames)")
+        for name in ("model", "stay"):
+            steps = " ".join(f"{v:8.4f}" for v in tracking[name]["rmse_per_step"])
+            lines.append(f"  {name:<16} {tracking[name]['rmse']:9.4f}   {steps}")
     return "\n".join(lines)
 
 
@@ -77,12 +88,16 @@ def main(argv: Sequence[str] | None = None) -> Path:
                                      batch_size=args.batch_size)
     sensitivity = action_sensitivity(wm, args.dataset, args.clips, seed=args.seed, batch_size=args.batch_size)
     denoising = denoising_error(wm, args.dataset, min(args.clips, 64), seed=args.seed, batch_size=args.batch_size)
-    print(format_table(quality, sensitivity, denoising))
+    tracking = None
+    if args.plans > 0 and wm.uses_proprio:
+        env = EnvConfig(**wm.module.cfg.env).make()
+        tracking = plan_tracking(wm, env, n_starts=min(args.clips, 32), n_plans=args.plans, seed=args.seed)
+    print(format_table(quality, sensitivity, denoising, tracking))
     out = args.out or args.checkpoint.with_name(f"{args.checkpoint.stem}.eval.json")
     atomic_write_json(out, {
         "checkpoint": str(args.checkpoint), "checkpoint_sha256": wm.checkpoint_hash, "dataset": str(args.dataset),
         "prediction_quality": quality, "action_sensitivity": sensitivity,
-        "denoising_error": denoising,
+        "denoising_error": denoising, "plan_tracking": tracking,
         "seconds": round(time.perf_counter() - start, 2),
     })
     print(f"wrote {out}")

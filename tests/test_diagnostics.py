@@ -16,6 +16,8 @@ from wmplan.data.collect import collect
 from wmplan.diagnostics import (
     action_sensitivity,
     denoising_error,
+    held_action_plans,
+    plan_tracking,
     prediction_quality,
     reference_sampler,
     validation_clips,
@@ -132,6 +134,43 @@ def test_denoising_error(wm, dataset):
     assert denoising_error(wm, dataset, n_clips=6, seed=3, levels=(0.01, 0.5, 0.999), batch_size=4) == result
 
 
+@pytest.fixture(scope="module")
+def env():
+    return load_env_config("wall", resolution=RESOLUTION).make()
+
+
+def test_held_action_plans_follow_the_true_dynamics(env):
+    held, states = held_action_plans(env, n_starts=3, n_plans=2, length=4, frameskip=5, seed=1)
+    assert held.shape == (3, 2, 2) and states.shape == (3, 2, 5, 3)
+    assert np.all(np.abs(held) <= 1)
+    again = env.unwrapped.simulate(states[1, 0, 0], np.repeat(held[1, 0][None], 20, axis=0))[::5]
+    np.testing.assert_array_equal(states[1, 0], again)
+    assert not np.allclose(states[:, :, 0], states[:, :, -1])  # held actions move the dot
+
+
+def test_plan_tracking(wm, env, monkeypatch):
+    result = plan_tracking(wm, env, n_starts=3, n_plans=2, horizon=3, seed=5)
+    for name in ("model", "stay"):
+        e = result[name]
+        assert len(e["rmse_per_step"]) == 3 and len(e["rmse_per_dim"]) == 2
+        assert math.isfinite(e["rmse"]) and e["rmse"] == pytest.approx(np.sqrt(np.mean(np.square(e["rmse_per_step"]))))
+    assert result["stay"]["rmse"] > 0  # the plans move the dot
+    assert plan_tracking(wm, env, n_starts=3, n_plans=2, horizon=3, seed=5) == result
+
+    def predict_stay(context, actions, sampler=None, seed=0):  # a model that predicts no motion
+        b, s, h, _ = actions.shape
+        return {"latents": None, "proprio": context["proprio"][:, -1, None, None].expand(b, s, h, -1)}
+
+    monkeypatch.setattr(wm, "rollout", predict_stay)
+    stay = plan_tracking(wm, env, n_starts=3, n_plans=2, horizon=3, seed=5)
+    assert stay["model"]["rmse_per_step"] == pytest.approx(stay["stay"]["rmse_per_step"], rel=1e-5)
+
+
+def test_plan_tracking_refuses_another_env(wm):
+    with pytest.raises(ValueError, match="env id"):
+        plan_tracking(wm, load_env_config("pointmaze_umaze", resolution=RESOLUTION).make(), n_starts=1, n_plans=1)
+
+
 def test_eval_script_writes_json(checkpoint, dataset, capsys):
     script = load_script("eval_world_model")
     out = script.main(["--checkpoint", str(checkpoint), "--dataset", str(dataset), "--clips", "4", "--steps", "2"])
@@ -141,6 +180,7 @@ def test_eval_script_writes_json(checkpoint, dataset, capsys):
     assert data["prediction_quality"]["clips"] == 4 and "action_sensitivity" in data
     assert data["denoising_error"]["clips"] == 4
     assert data["prediction_quality"]["context_frames"] == 1
+    assert data["plan_tracking"]["starts"] == 4 and data["plan_tracking"]["model"]["rmse"] >= 0
     out = script.main(["--checkpoint", str(checkpoint), "--dataset", str(dataset), "--clips", "4", "--steps", "2",
                        "--context", "2", "--out", str(checkpoint.with_name("context2.json"))])
     assert json.loads(out.read_text())["prediction_quality"]["context_frames"] == 2

@@ -1,5 +1,5 @@
-"""World-model diagnostics: prediction quality (SPEC §3 protocol), action sensitivity and
-the denoiser's error per noise level.
+"""World-model diagnostics: prediction quality (SPEC §3 protocol), action sensitivity, the
+denoiser's error per noise level, and open-loop tracking of planner-style plans in the env.
 
     wm = WorldModel.from_checkpoint("outputs/train/wall/checkpoints/latest.ckpt")
     quality = prediction_quality(wm, "data/wall", sampler=reference_sampler(wm, steps=10))
@@ -7,6 +7,7 @@ the denoiser's error per noise level.
 
 Both use fixed validation clips (``validation_subset`` with ``seed``) from the checkpoint's
 own frameskip, one context frame and ``predicted`` frames predicted from it.
+``plan_tracking(wm, env)`` needs no dataset: it runs held-action plans in the true env.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import math
 from pathlib import Path
 from typing import Any, Iterator
 
+import gymnasium as gym
+import numpy as np
 import torch
 from omegaconf import OmegaConf
 from torch.utils.data._utils.collate import default_collate
@@ -215,3 +218,70 @@ def denoising_error(wm: WorldModel, dataset_path: str | Path, n_clips: int = 64,
     n = len(clips["pixels"])
     return {"clips": n, "seed": seed, "context_frames": n_ctx, "window": wm.window,
             "x0_mse": {str(level): v / n for level, v in sums.items()}, "copy_last": copy / n}
+
+
+def held_action_plans(env: gym.Env, n_starts: int, n_plans: int, length: int, frameskip: int,
+                      seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Start states [n_starts, state_dim] from ``sample_start_and_goal`` and, per start, ``n_plans``
+    uniform actions [n_starts, n_plans, A] each held for ``length`` planner steps, with the true
+    states at every planner step [n_starts, n_plans, length + 1, state_dim]."""
+    base = env.unwrapped
+    rng = np.random.default_rng(seed)
+    starts = np.stack([base.sample_start_and_goal(rng)[0] for _ in range(n_starts)])
+    low, high = base.action_space.low, base.action_space.high
+    held = rng.uniform(low, high, size=(n_starts, n_plans, len(low)))
+    states = np.stack([
+        np.stack([base.simulate(start, np.repeat(a[None], length * frameskip, axis=0))[::frameskip] for a in plans])
+        for start, plans in zip(starts, held)
+    ])
+    return held, states
+
+
+def observe(env: gym.Env, states: np.ndarray) -> dict[str, np.ndarray]:
+    """Observations (pixels [..., H, W, 3], proprio [..., P]) of states [..., state_dim]."""
+    base = env.unwrapped
+    obs = [base.reset(options={"state": s})[0] for s in states.reshape(-1, states.shape[-1])]
+    return {key: np.stack([o[key] for o in obs]).reshape(*states.shape[:-1], *obs[0][key].shape)
+            for key in ("pixels", "proprio")}
+
+
+def plan_tracking(wm: WorldModel, env: gym.Env, n_starts: int = 32, n_plans: int = 8, horizon: int = 5,
+                  seed: int = 0, sampler: SamplerConfig | None = None) -> dict[str, Any]:
+    """Does the model follow the plans a planner will try? Open-loop proprio error in env units.
+
+    Each plan holds one uniform random action: straight, fast motion that runs into walls,
+    which is what CEM's plans look like and what i.i.d. random data rarely shows. The true env
+    executes every plan from ``n_starts`` start states (the env's ``sample_start_and_goal``); the
+    model gets the first ``c`` true observations (its context frames: the plan is already under
+    way) and predicts the next ``horizon`` planner steps. Reported: the RMSE of the predicted to
+    the true proprio per predicted step and per proprio dimension, for the model and for
+    ``stay`` (the last context proprio held). A model that predicts plans through walls or too
+    slowly shows errors close to ``stay``'s; the planner then scores the wrong plans best.
+    ``sampler`` defaults to the world model's planning sampler.
+    """
+    if not wm.uses_proprio:
+        raise ValueError("plan_tracking compares predicted proprio: this world model has none")
+    if min(n_starts, n_plans, horizon) < 1:
+        raise ValueError(f"need n_starts, n_plans and horizon >= 1, got {n_starts}, {n_plans}, {horizon}")
+    base = env.unwrapped
+    wm.check_env(env.spec.id if env.spec else type(base).__name__, wm.frameskip, base.resolution)
+    c = wm.module.diffusion.cfg.context_frames
+    held, states = held_action_plans(env, n_starts, n_plans, c - 1 + horizon, wm.frameskip, seed)
+    n = n_starts * n_plans
+    states = states.reshape(n, c + horizon, -1)  # [N, c + H, state_dim]
+    obs = observe(env, states)  # pixels [N, c + H, H, W, 3], proprio [N, c + H, P]
+    planner_actions = torch.as_tensor(np.tile(held.reshape(n, 1, -1), (1, 1, wm.frameskip)), dtype=torch.float32)
+    enc = wm.encode({"pixels": obs["pixels"][:, :c], "proprio": obs["proprio"][:, :c]})
+    context = {"latents": enc["latents"], "proprio": enc["proprio"], "actions": planner_actions.expand(n, c - 1, -1)}
+    pred = wm.rollout(context, planner_actions.expand(n, horizon, -1)[:, None], sampler=sampler, seed=seed)
+    predicted = wm.module.denormalize_proprio(pred["proprio"][:, 0])  # [N, H, P]
+    truth = torch.as_tensor(obs["proprio"][:, c:], dtype=torch.float32)  # [N, H, P]
+    stay = torch.as_tensor(obs["proprio"][:, c - 1 : c], dtype=torch.float32).expand_as(truth)
+
+    def errors(guess: torch.Tensor) -> dict[str, Any]:
+        sq = (guess - truth) ** 2
+        return {"rmse": float(sq.mean().sqrt()), "rmse_per_step": [float(v) for v in sq.mean((0, 2)).sqrt()],
+                "rmse_per_dim": [float(v) for v in sq.mean((0, 1)).sqrt()]}
+
+    return {"starts": n_starts, "plans": n_plans, "horizon": horizon, "context_frames": c, "seed": seed,
+            "sampler": dataclasses.asdict(sampler or wm.sampler), "model": errors(predicted), "stay": errors(stay)}

@@ -82,6 +82,10 @@ class WorldModelModule(L.LightningModule):
             return None
         return (proprio.float() - self.proprio_mean) / self.proprio_std
 
+    def denormalize_proprio(self, proprio: torch.Tensor) -> torch.Tensor:
+        """Normalised proprio [..., P] back in env units."""
+        return proprio.float() * self.proprio_std + self.proprio_mean
+
     def batch_latents(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Latents [B, T, C, h, w] of a batch: cached, or encoded from pixels on the fly."""
         if "latents" in batch:
