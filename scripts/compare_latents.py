@@ -10,7 +10,8 @@ composed ``train`` config and step budget (or taken from ``--checkpoint name=pat
 ``wmplan.planners.evaluate.evaluate`` runs the same ``plan`` config on it. The patch size is
 chosen per codec so every model sees the same ``--tokens-side`` x ``--tokens-side`` tokens per
 frame. The ``trained_vae`` codec is trained first when its folder is missing. Prints a table
-(success, final distance, seconds per replan, PSNR / SSIM for codecs that decode) and writes
+(success, final distance, seconds per replan, PSNR / SSIM for codecs that decode, and the
+proprio RMSE of ``plan_tracking`` next to predicting no motion) and writes
 ``comparison.json`` in ``--out``.
 """
 
@@ -24,7 +25,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 from wmplan.data.dataset import atomic_write_json, load_dataset_info
-from wmplan.diagnostics import prediction_quality, reference_sampler
+from wmplan.diagnostics import plan_tracking, prediction_quality, reference_sampler
+from wmplan.envs.config import EnvConfig
 from wmplan.models.codecs import CODEC_NAMES, CodecConfig, build_codec
 from wmplan.models.train_vae import VAETrainConfig, train_vae
 from wmplan.planners.evaluate import evaluate
@@ -54,6 +56,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--episodes", type=int, default=50, help="MPC episodes per codec")
     p.add_argument("--eval-clips", type=int, default=256, help="validation clips for PSNR/SSIM (0 = skip)")
     p.add_argument("--eval-steps", type=int, default=10, help="sampling steps for PSNR/SSIM")
+    p.add_argument("--tracking-starts", type=int, default=32,
+                   help="start states for plan tracking, 8 held-action plans each (0 = skip)")
     p.add_argument("--train-override", nargs="*", default=[], help="extra train-config overrides (all codecs)")
     p.add_argument("--plan-override", nargs="*", default=[], help="extra plan-config overrides (all codecs)")
     return p.parse_args(argv)
@@ -126,23 +130,33 @@ def plan_with(name: str, checkpoint: Path, resolution: int, args: argparse.Names
     return results
 
 
-def quality_of(checkpoint: Path, args: argparse.Namespace) -> dict[str, Any] | None:
+def quality_of(wm: WorldModel, args: argparse.Namespace) -> dict[str, Any] | None:
     """SPEC §3 prediction quality, for codecs that decode."""
-    wm = WorldModel.from_checkpoint(checkpoint)
     if not wm.module.codec.can_decode or args.eval_clips < 1:
         return None
     sampler = reference_sampler(wm, steps=args.eval_steps)
     return prediction_quality(wm, args.dataset, args.eval_clips, sampler=sampler)
 
 
+def tracking_of(wm: WorldModel, args: argparse.Namespace) -> dict[str, Any] | None:
+    """Proprio error along held-action plans in the true env, for models with proprio."""
+    if not wm.uses_proprio or args.tracking_starts < 1:
+        return None
+    env = EnvConfig(**wm.module.cfg.env).make()
+    return plan_tracking(wm, env, n_starts=args.tracking_starts, n_plans=8)
+
+
 def format_table(rows: dict[str, dict[str, Any]]) -> str:
-    head = f"{'codec':<12} {'success':>8} {'final dist':>11} {'s/replan':>9} {'PSNR':>7} {'SSIM':>7} {'copy PSNR':>9}"
+    head = (f"{'codec':<12} {'success':>8} {'final dist':>11} {'s/replan':>9} {'PSNR':>7} {'SSIM':>7} {'copy PSNR':>9}"
+            f" {'track':>7} {'stay':>7}")
     lines = [head]
     for name, r in rows.items():
-        q = r["quality"]
+        q, t = r["quality"], r["tracking"]
         pix = "      -       -         -" if q is None else (
             f"{q['model']['psnr']:7.2f} {q['model']['ssim']:7.4f} {q['copy_last']['psnr']:9.2f}")
-        lines.append(f"{name:<12} {r['success_rate']:8.2f} {r['mean_final_distance']:11.4g} {r['plan_time_mean_s']:9.3f} {pix}")
+        track = "      -       -" if t is None else f"{t['model']['rmse']:7.3f} {t['stay']['rmse']:7.3f}"
+        lines.append(f"{name:<12} {r['success_rate']:8.2f} {r['mean_final_distance']:11.4g} {r['plan_time_mean_s']:9.3f} "
+                     f"{pix} {track}")
     return "\n".join(lines)
 
 
@@ -170,10 +184,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
                 ensure_vae(args, resolution)
             checkpoint = train_model(name, latent_overrides(name, path, resolution, args.tokens_side), args, recipe)
         plan = plan_with(name, checkpoint, resolution, args)
+        wm = WorldModel.from_checkpoint(checkpoint)
         rows[name] = {
             "checkpoint": str(checkpoint), "success_rate": plan["success_rate"],
             "mean_final_distance": plan["mean_final_distance"], "plan_time_mean_s": plan["plan_time_mean_s"],
-            "quality": quality_of(checkpoint, args),
+            "quality": quality_of(wm, args), "tracking": tracking_of(wm, args),
         }
     print(format_table(rows))
     args.out.mkdir(parents=True, exist_ok=True)

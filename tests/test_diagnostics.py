@@ -193,12 +193,13 @@ def test_compare_latents_end_to_end(dataset, tmp_path, capsys):
     tiny_plan = ["budget_env_steps=5", "planner.num_samples=8", "planner.topk=2", "planner.iterations=1"]
     args = ["--dataset", str(dataset), "--out", str(tmp_path / "out"), "--vae-dir", str(tmp_path / "vae"),
             "--steps", "3", "--vae-steps", "3", "--tokens-side", "2", "--episodes", "2", "--eval-clips", "4",
-            "--eval-steps", "2", "--train-override", *tiny_train, "--plan-override", *tiny_plan]
+            "--eval-steps", "2", "--tracking-starts", "2", "--train-override", *tiny_train, "--plan-override", *tiny_plan]
     rows = script.main(args)
     assert list(rows) == ["pixels", "trained_vae"] and (tmp_path / "vae" / "config.json").is_file()
     for row in rows.values():
         assert 0 <= row["success_rate"] <= 1 and row["plan_time_mean_s"] > 0
         assert math.isfinite(row["quality"]["model"]["psnr"])
+        assert row["tracking"]["starts"] == 2 and math.isfinite(row["tracking"]["model"]["rmse"])
     assert json.loads((tmp_path / "out" / "comparison.json").read_text())["codecs"] == json.loads(json.dumps(rows))
     assert "trained_vae" in capsys.readouterr().out
     with pytest.raises(ValueError, match="NAME=PATH"):
