@@ -12,7 +12,7 @@ import torch
 from wmplan.envs.base import GoalEnv
 from wmplan.envs.wrappers import FrameSkip
 from wmplan.planners import build_planner
-from wmplan.planners.mpc import run_mpc, sample_episodes, save_videos, summary_line, write_results
+from wmplan.planners.mpc import plan_horizons, run_mpc, sample_episodes, save_videos, summary_line, write_results
 from wmplan.planners.oracle import EnvDistance, OracleModel
 
 SPEED = 0.05  # position change per env step at |action| = 1
@@ -158,6 +158,17 @@ def test_context_history_and_warm_start(episodes):
     assert torch.allclose(ctx3["latents"][:, :, :, 0, 0], torch.tensor(np.stack(real)))
     prev = seen[2][2]
     assert torch.equal(init3, torch.cat([prev[:, 1:], torch.zeros_like(prev[:, :1])], dim=1))
+    # near the budget's end the plans stop at it (6 planner steps, one executed per replan)
+    assert [plan.shape[1] for _, _, plan in seen] == [3, 3, 3, 3, 2, 1]
+    prev, init4 = seen[3][2], seen[4][1]
+    assert torch.equal(init4, prev[:, 1:3])
+
+
+def test_plan_horizons():
+    assert plan_horizons(10, 5, 5) == [5, 5]  # DINO-WM's whole-plan execution: unchanged
+    assert plan_horizons(10, 2, 5) == [5, 5, 5, 4, 2]
+    assert plan_horizons(7, 3, 4) == [4, 4, 1]
+    assert plan_horizons(10, 2, 5, budget_horizon=False) == [5] * 5
 
 
 def test_results_json_videos_and_summary(tmp_path, oracle_records):

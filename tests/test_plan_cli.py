@@ -114,3 +114,15 @@ def test_checkpoint_with_other_env_settings_is_refused(checkpoint, tmp_path, ove
     with pytest.raises(ValueError, match=f"trained with {name}"):
         evaluate(plan_config(checkpoint, tmp_path, override))
     assert not (tmp_path / "results.json").exists()
+
+
+def test_frame_weights_that_do_not_fit_the_plans_are_refused(checkpoint, tmp_path):
+    """Budget 10 env steps = 2 planner steps; with horizon 2 and execute_k 1 the last plan is 1 step."""
+    with pytest.raises(ValueError, match=r"frame_weights has 2 weights, but the plans are \[1, 2\] steps long"):
+        evaluate(plan_config(checkpoint, tmp_path, "objective.frame_weights=[1.0,1.0]", "execute_k=1"))
+    with pytest.raises(ValueError, match="frame_weights has 3 weights"):
+        evaluate(plan_config(checkpoint, tmp_path, "objective.frame_weights=[1.0,1.0,1.0]"))
+    assert not (tmp_path / "results.json").exists()
+    results = evaluate(plan_config(checkpoint, tmp_path, "objective.frame_weights=[1.0,1.0]", "execute_k=1",
+                                   "budget_horizon=false"))
+    assert len(results["records"][0]["plan_times"]) == 2

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from wmplan.envs import make
 from wmplan.planners import build_objective, build_planner
-from wmplan.planners.mpc import run_mpc, sample_episodes, save_videos, summary_line, write_results
+from wmplan.planners.mpc import plan_horizons, run_mpc, sample_episodes, save_videos, summary_line, write_results
 from wmplan.planners.oracle import EnvDistance, OracleModel
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
@@ -67,9 +67,23 @@ def model_and_objective(cfg: DictConfig, env) -> tuple[Any, Any, Any, str | None
     return wm.encode, make_rollout_fn, build_objective(cfg.objective), wm.checkpoint_hash
 
 
+def check_frame_weights(cfg: DictConfig) -> None:
+    """Explicit frame weights fix the plan length: refuse a run whose plans would be shorter."""
+    weights = cfg.objective.get("frame_weights")
+    if weights is None or cfg.world_model in BASELINES:
+        return
+    k = cfg.horizon if cfg.execute_k is None else cfg.execute_k
+    horizons = plan_horizons(cfg.budget_env_steps // cfg.env.frameskip, k, cfg.horizon, cfg.budget_horizon)
+    if len(weights) != cfg.horizon or min(horizons, default=cfg.horizon) < cfg.horizon:
+        raise ValueError(f"objective.frame_weights has {len(weights)} weights, but the plans are {sorted(set(horizons))} "
+                         f"steps long (horizon={cfg.horizon}, execute_k={cfg.execute_k}, budget_horizon="
+                         f"{cfg.budget_horizon}): give one weight per step, or use frames=last/all")
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Run the MPC protocol of ``cfg``; returns the results dict that was written."""
     torch.manual_seed(cfg.seed)
+    check_frame_weights(cfg)
     env = make(cfg.env.id, frameskip=cfg.env.frameskip, resolution=cfg.env.resolution, **cfg.env.env_kwargs)
     episodes = episodes_for(cfg, env)
     encode_fn, make_rollout_fn, objective, ckpt_hash = model_and_objective(cfg, env)
@@ -77,7 +91,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     records = run_mpc(
         env, planner, objective, encode_fn, make_rollout_fn, episodes,
         budget_env_steps=cfg.budget_env_steps, execute_k=cfg.execute_k, horizon=cfg.horizon,
-        history=cfg.history, seed=cfg.seed,
+        history=cfg.history, seed=cfg.seed, budget_horizon=cfg.budget_horizon,
     )
     out_dir = Path(cfg.out_dir)
     config = OmegaConf.to_container(cfg, resolve=True)

@@ -95,6 +95,7 @@ def run_mpc(
     horizon: int = 5,
     history: int = 1,
     seed: int = 0,
+    budget_horizon: bool = True,
 ) -> list[EpisodeRecord]:
     """Plan-execute-replan for every (start_state, goal_state) in ``episodes``, batched.
 
@@ -103,7 +104,8 @@ def run_mpc(
     multiple of the frameskip. ``execute_k`` planner actions run per replan (default: the
     whole horizon, as in DINO-WM); the rest of the plan, shifted and padded with zeros,
     warm-starts the next replan. The context holds the last ``history`` real observations
-    (repeated at the start, with zero actions between the repeats).
+    (repeated at the start, with zero actions between the repeats). With ``budget_horizon``
+    a replan never plans past the budget (see ``plan_horizons``).
     """
     frameskip = env.action_space.shape[0] // env.unwrapped.action_space.shape[0]
     execute_k = horizon if execute_k is None else execute_k
@@ -120,11 +122,12 @@ def run_mpc(
         record.frames.append(pixels)
 
     init, remaining = None, budget_env_steps // frameskip
-    replans = -(-remaining // execute_k)
-    for replan in range(1, replans + 1):
+    horizons = plan_horizons(remaining, execute_k, horizon, budget_horizon)
+    for replan, h in enumerate(horizons, start=1):
         t0 = time.perf_counter()
         rollout_fn = make_rollout_fn(make_context(encode_fn, obs_steps, act_steps, history, Aw))
-        plan = planner.plan(rollout_fn, objective, goal, B, horizon, Aw, init, generator, frameskip=frameskip)
+        init = None if init is None else init[:, :h]
+        plan = planner.plan(rollout_fn, objective, goal, B, h, Aw, init, generator, frameskip=frameskip)
         elapsed = time.perf_counter() - t0
         n = min(execute_k, remaining)
         actions = plan.actions[:, :n].detach().cpu().float()  # [B, n, Aw]
@@ -134,8 +137,22 @@ def run_mpc(
         act_steps += list(actions.unbind(dim=1))
         init = torch.cat([plan.actions[:, n:], torch.zeros_like(plan.actions[:, :n])], dim=1)
         remaining -= n
-        log.info(progress_line(records, replan, replans, elapsed))
+        log.info(progress_line(records, replan, len(horizons), elapsed))
     return records
+
+
+def plan_horizons(budget_steps: int, execute_k: int, horizon: int, budget_horizon: bool = True) -> list[int]:
+    """Planner steps planned at each replan for a budget of ``budget_steps`` planner steps.
+
+    Success is judged at the end of the budget, so with ``budget_horizon`` a replan whose
+    remaining budget is shorter than ``horizon`` plans only to the budget's end: its objective
+    then scores the state that is actually judged, not one the run never reaches. With
+    ``execute_k == horizon`` and a budget that is a multiple of it, nothing changes.
+    """
+    horizons = []
+    for remaining in range(budget_steps, 0, -execute_k):
+        horizons.append(min(horizon, remaining) if budget_horizon else horizon)
+    return horizons
 
 
 def progress_line(records: Sequence[EpisodeRecord], replan: int, replans: int, seconds: float) -> str:
