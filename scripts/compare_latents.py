@@ -26,7 +26,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from wmplan.data.dataset import atomic_write_json, load_dataset_info
 from wmplan.diagnostics import plan_tracking, prediction_quality, reference_sampler
-from wmplan.envs.config import EnvConfig
 from wmplan.models.codecs import CODEC_NAMES, CodecConfig, build_codec
 from wmplan.models.train_vae import VAETrainConfig, train_vae
 from wmplan.planners.evaluate import evaluate
@@ -142,8 +141,7 @@ def tracking_of(wm: WorldModel, args: argparse.Namespace) -> dict[str, Any] | No
     """Proprio error along held-action plans in the true env, for models with proprio."""
     if not wm.uses_proprio or args.tracking_starts < 1:
         return None
-    env = EnvConfig(**wm.module.cfg.env).make()
-    return plan_tracking(wm, env, n_starts=args.tracking_starts, n_plans=8)
+    return plan_tracking(wm, n_starts=args.tracking_starts, n_plans=8)
 
 
 def format_table(rows: dict[str, dict[str, Any]]) -> str:

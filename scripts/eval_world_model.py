@@ -18,7 +18,6 @@ from typing import Any, Sequence
 
 from wmplan.data.dataset import atomic_write_json
 from wmplan.diagnostics import action_sensitivity, denoising_error, plan_tracking, prediction_quality, reference_sampler
-from wmplan.envs.config import EnvConfig
 from wmplan.rollout import WorldModel
 
 
@@ -90,8 +89,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     denoising = denoising_error(wm, args.dataset, min(args.clips, 64), seed=args.seed, batch_size=args.batch_size)
     tracking = None
     if args.plans > 0 and wm.uses_proprio:
-        env = EnvConfig(**wm.module.cfg.env).make()
-        tracking = plan_tracking(wm, env, n_starts=min(args.clips, 32), n_plans=args.plans, seed=args.seed)
+        tracking = plan_tracking(wm, n_starts=min(args.clips, 32), n_plans=args.plans, seed=args.seed)
     print(format_table(quality, sensitivity, denoising, tracking))
     out = args.out or args.checkpoint.with_name(f"{args.checkpoint.stem}.eval.json")
     atomic_write_json(out, {

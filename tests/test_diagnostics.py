@@ -156,6 +156,7 @@ def test_plan_tracking(wm, env, monkeypatch):
         assert math.isfinite(e["rmse"]) and e["rmse"] == pytest.approx(np.sqrt(np.mean(np.square(e["rmse_per_step"]))))
     assert result["stay"]["rmse"] > 0  # the plans move the dot
     assert plan_tracking(wm, env, n_starts=3, n_plans=2, horizon=3, seed=5) == result
+    assert plan_tracking(wm, n_starts=3, n_plans=2, horizon=3, seed=5) == result  # the checkpoint's own env
 
     def predict_stay(context, actions, sampler=None, seed=0):  # a model that predicts no motion
         b, s, h, _ = actions.shape
@@ -166,9 +167,14 @@ def test_plan_tracking(wm, env, monkeypatch):
     assert stay["model"]["rmse_per_step"] == pytest.approx(stay["stay"]["rmse_per_step"], rel=1e-5)
 
 
-def test_plan_tracking_refuses_another_env(wm):
+def test_plan_tracking_refuses_bad_input(wm, env, monkeypatch):
     with pytest.raises(ValueError, match="env id"):
         plan_tracking(wm, load_env_config("pointmaze_umaze", resolution=RESOLUTION).make(), n_starts=1, n_plans=1)
+    with pytest.raises(ValueError, match="n_starts, n_plans and horizon >= 1"):
+        plan_tracking(wm, env, n_starts=0)
+    monkeypatch.setattr(wm, "uses_proprio", False)
+    with pytest.raises(ValueError, match="has none"):
+        plan_tracking(wm, env)
 
 
 def test_eval_script_writes_json(checkpoint, dataset, capsys):

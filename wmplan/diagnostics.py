@@ -7,7 +7,7 @@ denoiser's error per noise level, and open-loop tracking of planner-style plans 
 
 Both use fixed validation clips (``validation_subset`` with ``seed``) from the checkpoint's
 own frameskip, one context frame and ``predicted`` frames predicted from it.
-``plan_tracking(wm, env)`` needs no dataset: it runs held-action plans in the true env.
+``plan_tracking(wm)`` needs no dataset: it runs held-action plans in the true env.
 """
 
 from __future__ import annotations
@@ -24,9 +24,11 @@ from omegaconf import OmegaConf
 from torch.utils.data._utils.collate import default_collate
 
 from wmplan.data.dataset import ClipDataset, load_dataset_info
+from wmplan.envs.config import EnvConfig
 from wmplan.metrics import psnr, ssim
 from wmplan.models.nanowm import shift_actions
 from wmplan.models.sampling import SamplerConfig
+from wmplan.planners.mpc import obs_batch, observe
 from wmplan.rollout import WorldModel
 from wmplan.train import CONFIG_DIR, validation_subset
 
@@ -237,16 +239,8 @@ def held_action_plans(env: gym.Env, n_starts: int, n_plans: int, length: int, fr
     return held, states
 
 
-def observe(env: gym.Env, states: np.ndarray) -> dict[str, np.ndarray]:
-    """Observations (pixels [..., H, W, 3], proprio [..., P]) of states [..., state_dim]."""
-    base = env.unwrapped
-    obs = [base.reset(options={"state": s})[0] for s in states.reshape(-1, states.shape[-1])]
-    return {key: np.stack([o[key] for o in obs]).reshape(*states.shape[:-1], *obs[0][key].shape)
-            for key in ("pixels", "proprio")}
-
-
-def plan_tracking(wm: WorldModel, env: gym.Env, n_starts: int = 32, n_plans: int = 8, horizon: int = 5,
-                  seed: int = 0, sampler: SamplerConfig | None = None) -> dict[str, Any]:
+def plan_tracking(wm: WorldModel, env: gym.Env | None = None, n_starts: int = 32, n_plans: int = 8,
+                  horizon: int = 5, seed: int = 0, sampler: SamplerConfig | None = None) -> dict[str, Any]:
     """Does the model follow the plans a planner will try? Open-loop proprio error in env units.
 
     Each plan holds one uniform random action: straight, fast motion that runs into walls,
@@ -257,26 +251,29 @@ def plan_tracking(wm: WorldModel, env: gym.Env, n_starts: int = 32, n_plans: int
     the true proprio per predicted step and per proprio dimension, for the model and for
     ``stay`` (the last context proprio held). A model that predicts plans through walls or too
     slowly shows errors close to ``stay``'s; the planner then scores the wrong plans best.
-    ``sampler`` defaults to the world model's planning sampler.
+    ``env`` defaults to the checkpoint's own env config; ``sampler`` to the world model's
+    planning sampler.
     """
     if not wm.uses_proprio:
         raise ValueError("plan_tracking compares predicted proprio: this world model has none")
     if min(n_starts, n_plans, horizon) < 1:
         raise ValueError(f"need n_starts, n_plans and horizon >= 1, got {n_starts}, {n_plans}, {horizon}")
+    env = env if env is not None else EnvConfig(**wm.module.cfg.env).make()
     base = env.unwrapped
     wm.check_env(env.spec.id if env.spec else type(base).__name__, wm.frameskip, base.resolution)
     c = wm.module.diffusion.cfg.context_frames
     held, states = held_action_plans(env, n_starts, n_plans, c - 1 + horizon, wm.frameskip, seed)
     n = n_starts * n_plans
-    states = states.reshape(n, c + horizon, -1)  # [N, c + H, state_dim]
-    obs = observe(env, states)  # pixels [N, c + H, H, W, 3], proprio [N, c + H, P]
+    obs = obs_batch([observe(env, s) for s in states.reshape(n * (c + horizon), -1)])
+    pixels = obs["pixels"].view(n, c + horizon, *obs["pixels"].shape[1:])  # [N, c + H, H, W, 3]
+    proprio = obs["proprio"].view(n, c + horizon, -1)  # [N, c + H, P]
     planner_actions = torch.as_tensor(np.tile(held.reshape(n, 1, -1), (1, 1, wm.frameskip)), dtype=torch.float32)
-    enc = wm.encode({"pixels": obs["pixels"][:, :c], "proprio": obs["proprio"][:, :c]})
+    enc = wm.encode({"pixels": pixels[:, :c], "proprio": proprio[:, :c]})
     context = {"latents": enc["latents"], "proprio": enc["proprio"], "actions": planner_actions.expand(n, c - 1, -1)}
     pred = wm.rollout(context, planner_actions.expand(n, horizon, -1)[:, None], sampler=sampler, seed=seed)
     predicted = wm.module.denormalize_proprio(pred["proprio"][:, 0])  # [N, H, P]
-    truth = torch.as_tensor(obs["proprio"][:, c:], dtype=torch.float32)  # [N, H, P]
-    stay = torch.as_tensor(obs["proprio"][:, c - 1 : c], dtype=torch.float32).expand_as(truth)
+    truth = proprio[:, c:]  # [N, H, P]
+    stay = proprio[:, c - 1 : c].expand_as(truth)
 
     def errors(guess: torch.Tensor) -> dict[str, Any]:
         sq = (guess - truth) ** 2

@@ -149,10 +149,7 @@ def plan_horizons(budget_steps: int, execute_k: int, horizon: int, budget_horizo
     then scores the state that is actually judged, not one the run never reaches. With
     ``execute_k == horizon`` and a budget that is a multiple of it, nothing changes.
     """
-    horizons = []
-    for remaining in range(budget_steps, 0, -execute_k):
-        horizons.append(min(horizon, remaining) if budget_horizon else horizon)
-    return horizons
+    return [min(horizon, remaining) if budget_horizon else horizon for remaining in range(budget_steps, 0, -execute_k)]
 
 
 def progress_line(records: Sequence[EpisodeRecord], replan: int, replans: int, seconds: float) -> str:
