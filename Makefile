@@ -2,7 +2,6 @@
 PY      := .venv/bin/python
 PIP     := .venv/bin/pip
 STAMP   := .venv/.installed
-export MUJOCO_GL ?= egl
 export HF_HUB_OFFLINE := 1
 export WANDB_MODE ?= offline
 

@@ -1,38 +1,51 @@
-"""Planning compute: seconds per CEM replan and model forward throughput, random weights.
+"""Planning compute against this machine: seconds per CEM replan, candidate rollouts per second,
+and achieved GFLOP/s as a fraction of the measured matmul peak.
 
-    python scripts/bench_plan.py                       # mini model, Wall latents, demo CEM + DINO-WM CEM (1 iteration x 30)
-    python scripts/bench_plan.py --full                # time all 30 DINO-WM iterations
-    python scripts/bench_plan.py --quick               # tiny model, demo CEM, 1 sampling step
-    python scripts/bench_plan.py --model tiny --episodes 4 --steps 1 3 --precisions bf16 fp32
+    python scripts/bench_plan.py                        # mini Wall model, random weights: cem + cem_dino_wm, 1 and 50 episodes
+    python scripts/bench_plan.py --checkpoint PATH      # a trained world model instead
+    python scripts/bench_plan.py --precision fp32       # force a precision (default: auto, as wmplan-plan)
+    python scripts/bench_plan.py --quick                # tiny model, 1 episode, cem only: a smoke test
 
-A replan is one ``planner.plan`` call for B episodes (every candidate rolled out by the world
-model with the planning sampler, full_sequence schedule). The world model is built from the
-``train`` config (``model=<size> experiment=<recipe>``) with random weights: planning cost does
-not depend on what the weights are. Sizes the trainer reads from a dataset come from the codec
-and the environment instead.
+Three rollout paths of the same model, timed side by side in one run:
+- ``legacy``: the path before the context cache: 3 DDIM steps, context frames recomputed in
+  every model call, one noise generator per candidate;
+- ``default``: ``configs/plan.yaml``'s sampler (context cache, per-episode noise shared by the
+  candidates) at its step count;
+- ``recipe``: the recommended planning recipe, the default path at ``--recipe-steps`` steps.
+A replan is one ``planner.plan`` call for all episodes together. Settings whose full replan
+would run for minutes (``cem_dino_wm``'s 30 iterations) time ``--iterations`` CEM iterations
+and scale up, and say so. FLOPs (matmuls and attention, ``FlopCounterMode``) are counted on a
+small rollout and scaled per candidate. The last line is ``speedup: <N>x``: the legacy path's
+seconds per replan over the default path's, the smallest over the planners at the largest
+episode count.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
+from torch.utils.flop_counter import FlopCounterMode
 
 from wmplan.envs import make
+from wmplan.hardware import autocast, bf16_speedup, cpu_name, matmul_peak, resolve_precision
 from wmplan.models.codecs import CodecConfig, build_codec
+from wmplan.models.sampling import SamplerConfig, generate
 from wmplan.module import WorldModelModule
 from wmplan.planners import build_objective, build_planner
 from wmplan.planners.mpc import obs_batch, observe, sample_episodes
-from wmplan.rollout import WorldModel, planning_sampler
+from wmplan.rollout import WorldModel
+from wmplan.seeding import stream_seed
 from wmplan.train import CONFIG_DIR
 
-PRECISIONS = ("bf16", "fp32")
+LEGACY_STEPS = 3
+PATHS = ("legacy", "default", "recipe")
 
 
 def compose_config(name: str, overrides: Sequence[str]) -> DictConfig:
@@ -47,11 +60,19 @@ def make_env(cfg: DictConfig):
     return make(env.id, frameskip=env.frameskip, resolution=env.resolution, **env.env_kwargs)
 
 
-def random_world_model(overrides: Sequence[str], seed: int = 0) -> WorldModel:
+def plan_sampler(wm: WorldModel, steps: int | None = None) -> SamplerConfig:
+    """``configs/plan.yaml``'s sampler for this model's objective, at ``steps`` if given."""
+    sampler = OmegaConf.to_container(compose_config("plan", []).sampler)
+    sampler["sampler"] = "euler" if wm.module.cfg.diffusion.objective == "flow" else "ddim"
+    return SamplerConfig(**{**sampler, **({} if steps is None else {"steps": steps})})
+
+
+def random_world_model(overrides: Sequence[str], seed: int = 0, precision: str = "auto") -> WorldModel:
     """A ``WorldModel`` with seeded random weights from ``train`` config ``overrides``.
 
     Like ``wmplan.train.complete_config`` but without a dataset: latent shape from the codec,
-    action and proprio widths from the environment's spaces.
+    action and proprio widths from the environment's spaces. Planning cost does not depend on
+    what the weights are.
     """
     cfg = compose_config("train", overrides)
     codec = build_codec(CodecConfig(**cfg.latent))
@@ -63,7 +84,7 @@ def random_world_model(overrides: Sequence[str], seed: int = 0) -> WorldModel:
     env.close()
     torch.manual_seed(seed)
     module = WorldModelModule(cfg, codec=codec)
-    return WorldModel(module, planning_sampler(cfg.diffusion.objective))
+    return WorldModel(module, SamplerConfig(), precision=precision)
 
 
 def start_and_goal(wm: WorldModel, episodes: int, seed: int) -> tuple[dict, dict]:
@@ -76,33 +97,103 @@ def start_and_goal(wm: WorldModel, episodes: int, seed: int) -> tuple[dict, dict
     return start, goal
 
 
-def autocast(precision: str):
-    """bf16 autocast on the CPU, or nothing for fp32."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    return torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
+def legacy_rollout(wm: WorldModel, context: dict, sampler: SamplerConfig):
+    """The rollout before the context cache: the context repeated per candidate and rerun in
+    every call, one generator per candidate, at ``sampler``'s settings with the cache off."""
+    sampler = dataclasses.replace(sampler, context_cache=False)
+    latents, proprio = context["latents"][:, None], context["proprio"]
+    proprio = None if proprio is None else proprio[:, None]
+
+    def rollout(actions: torch.Tensor) -> dict:
+        b, s = actions.shape[:2]
+        generators = [torch.Generator().manual_seed(stream_seed(0, i)) for i in range(b * s)]
+        with autocast(wm.precision):
+            out, out_p = generate(wm.model, wm.module.diffusion, latents.repeat_interleave(s, 0),
+                                  None if proprio is None else proprio.repeat_interleave(s, 0),
+                                  actions.flatten(0, 1), sampler, wm.window, generators)
+        return {"latents": out.float().unflatten(0, (b, s)),
+                "proprio": None if out_p is None else out_p.float().unflatten(0, (b, s))}
+
+    return rollout
 
 
-def time_replan(wm: WorldModel, planner_cfg: dict[str, Any], episodes: int, horizon: int, steps: int,
-                precision: str, repeats: int = 1, seed: int = 0) -> float:
-    """Seconds of one ``planner.plan`` call for ``episodes`` episodes (the fastest of ``repeats``)."""
-    if episodes < 1 or repeats < 1:
-        raise ValueError(f"episodes and repeats must be >= 1, got {episodes}, {repeats}")
+def rollout_fn(wm: WorldModel, context: dict, path: str, steps: int):
+    """The rollout function of ``path`` (``PATHS``) for ``context``."""
+    if path == "legacy":
+        return legacy_rollout(wm, context, plan_sampler(wm, steps))
+    sampler = plan_sampler(wm, steps)
+    seeds = [stream_seed(0, b) for b in range(context["latents"].shape[0])]
+    return lambda actions: wm.rollout(context, actions, sampler=sampler, seed=seeds)
+
+
+@torch.no_grad()
+def rollout_flops(wm: WorldModel, path: str, steps: int, horizon: int, candidates: int = 32) -> float:
+    """FLOPs of one candidate's rollout (matmuls and attention), counted over ``candidates``."""
+    context, _ = start_and_goal(wm, 1, seed=0)
+    actions = torch.zeros(1, candidates, horizon, wm.action_dim)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        rollout_fn(wm, context, path, steps)(actions)
+    return counter.get_total_flops() / candidates
+
+
+@torch.no_grad()
+def time_replan(wm: WorldModel, planner_cfg: dict[str, Any], episodes: int, horizon: int, path: str,
+                steps: int, iterations: int | None = None, seed: int = 0) -> float:
+    """Seconds of one ``planner.plan`` call for ``episodes`` episodes along ``path``.
+
+    With ``iterations`` smaller than the planner's, that many iterations are timed and the
+    time is scaled to the full count (CEM iterations all cost the same).
+    """
+    full = int(planner_cfg.get("iterations", 1))
+    run = min(full, iterations or full)
+    planner = build_planner({**planner_cfg, "iterations": run})
     context, goal = start_and_goal(wm, episodes, seed)
-    sampler = planning_sampler(wm.module.cfg.diffusion.objective, steps=steps)
-    planner = build_planner(planner_cfg)
     objective = build_objective(compose_config("plan", []).objective)
-    with torch.no_grad(), autocast(precision):  # untimed warm-up: one-time kernel set-up
-        wm.rollout(context, torch.zeros(episodes, 1, horizon, wm.action_dim), sampler=sampler, seed=seed)
-    times = []
-    for _ in range(repeats):
-        generator = torch.Generator().manual_seed(seed)
-        start = time.perf_counter()
-        with torch.no_grad(), autocast(precision):
-            planner.plan(lambda a: wm.rollout(context, a, sampler=sampler, seed=seed), objective, goal,
-                         episodes, horizon, wm.action_dim, None, generator, frameskip=wm.frameskip)
-        times.append(time.perf_counter() - start)
-    return min(times)
+    rollout = rollout_fn(wm, context, path, steps)
+    rollout(torch.zeros(episodes, 2, horizon, wm.action_dim))  # untimed warm-up: one-time kernel set-up
+    generators = [torch.Generator().manual_seed(stream_seed(seed, b)) for b in range(episodes)]
+    start = time.perf_counter()
+    planner.plan(rollout, objective, goal, episodes, horizon, wm.action_dim, None, generators, frameskip=wm.frameskip)
+    return (time.perf_counter() - start) * full / run
+
+
+def planner_settings(quick: bool) -> list[tuple[str, dict[str, Any]]]:
+    """(label, planner config): the CPU-budget ``cem`` and DINO-WM's ``cem_dino_wm``."""
+    names = ("cem",) if quick else ("cem", "cem_dino_wm")
+    settings = []
+    for name in names:
+        cfg = OmegaConf.to_container(OmegaConf.load(Path(CONFIG_DIR) / "planner" / f"{name}.yaml"))
+        settings.append((f"{name} {cfg['num_samples']}x{cfg['iterations']}", cfg))
+    return settings
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", help="a trained world model (default: random weights from --model/--experiment)")
+    p.add_argument("--model", default="mini", help="configs/model/<name> (mini, tiny, nanowm_s2, ...)")
+    p.add_argument("--experiment", default="wall", help="configs/experiment/<name>: env and latent shape")
+    p.add_argument("--override", nargs="*", default=[], help="extra train-config overrides, e.g. latent.pixel_size=8")
+    p.add_argument("--episodes", type=int, nargs="+", default=[1, 50], help="episodes planned together per replan")
+    p.add_argument("--horizon", type=int, default=5)
+    p.add_argument("--recipe-steps", type=int, default=1, help="sampling steps of the recommended recipe")
+    p.add_argument("--precision", default="auto", help="auto | bf16 | fp32")
+    p.add_argument("--iterations", type=int, default=1,
+                   help="CEM iterations timed for planners with more than --full-below iterations")
+    p.add_argument("--full-below", type=int, default=10, help="planners with fewer iterations are timed in full")
+    p.add_argument("--quick", action="store_true", help="tiny model, 1 episode, cem only")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.model, args.episodes = "tiny", [1]
+    return args
+
+
+def load_world_model(args: argparse.Namespace) -> WorldModel:
+    if args.checkpoint:
+        return WorldModel.from_checkpoint(args.checkpoint, precision=args.precision)
+    overrides = [f"model={args.model}", f"experiment={args.experiment}", *args.override]
+    return random_world_model(overrides, args.seed, args.precision)
 
 
 def tokens_per_frame(wm: WorldModel) -> int:
@@ -112,101 +203,46 @@ def tokens_per_frame(wm: WorldModel) -> int:
     return (h // m.patch_size) * (w // m.patch_size) + int(m.proprio_dim > 0)
 
 
-def forward_throughput(wm: WorldModel, candidates: int, frames: int, precision: str, repeats: int = 1,
-                       seed: int = 0) -> dict[str, float]:
-    """One denoiser forward over ``candidates`` x ``frames`` latent frames: seconds and tokens/s."""
-    m = wm.model.cfg
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(candidates, frames, m.latent_channels, *m.latent_hw, generator=g)
-    t = torch.rand(candidates, frames, generator=g) * 1000
-    actions = torch.rand(candidates, frames, m.action_dim, generator=g) * 2 - 1
-    proprio = torch.randn(candidates, frames, m.proprio_dim, generator=g) if m.proprio_dim else None
-    with torch.no_grad(), autocast(precision):  # untimed warm-up: one-time kernel set-up
-        wm.model(x, t, actions, proprio)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        with torch.no_grad(), autocast(precision):
-            wm.model(x, t, actions, proprio)
-        times.append(time.perf_counter() - start)
-    seconds, tokens = min(times), tokens_per_frame(wm)
-    return {"seconds": seconds, "tokens_per_frame": tokens, "tokens_per_s": candidates * frames * tokens / seconds}
-
-
-def planner_settings(full: bool, quick: bool) -> list[tuple[str, dict[str, Any], int]]:
-    """(label, planner config, x factor) per CEM setting: the demo config and DINO-WM's.
-
-    Without ``full`` DINO-WM's CEM runs one iteration and the time is multiplied by its count.
-    """
-    demo = OmegaConf.to_container(OmegaConf.load(Path(CONFIG_DIR) / "planner" / "cem.yaml"))
-    settings = [(f"demo cem {demo['num_samples']}x{demo['iterations']}", demo, 1)]
-    if quick:
-        return settings
-    dino = OmegaConf.to_container(OmegaConf.load(Path(CONFIG_DIR) / "planner" / "cem_dino_wm.yaml"))
-    label = f"dino-wm cem {dino['num_samples']}x{dino['iterations']}"
-    if full:
-        return settings + [(label, dino, 1)]
-    return settings + [(label + f" (1 iteration x{dino['iterations']})", {**dino, "iterations": 1}, dino["iterations"])]
-
-
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="mini", help="configs/model/<name> (mini, tiny, nanowm_s2, ...)")
-    p.add_argument("--experiment", default="wall", help="configs/experiment/<name>: env and latent shape")
-    p.add_argument("--override", nargs="*", default=[], help="extra train-config overrides, e.g. latent.pixel_size=8")
-    p.add_argument("--episodes", type=int, default=1, help="episodes planned together in one replan")
-    p.add_argument("--horizon", type=int, default=5)
-    p.add_argument("--steps", type=int, nargs="+", default=[1, 3], help="sampling steps per rollout")
-    p.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=PRECISIONS)
-    p.add_argument("--repeats", type=int, default=1, help="timings per cell; the fastest is kept")
-    p.add_argument("--full", action="store_true", help="time all DINO-WM CEM iterations instead of 1 x 30")
-    p.add_argument("--quick", action="store_true", help="tiny model, demo CEM only, 1 step")
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-    if args.quick:
-        args.model, args.steps = "tiny", [1]
-    return args
-
-
-def print_replans(wm: WorldModel, args: argparse.Namespace) -> None:
-    print(f"\n{'setting':<40} {'precision':>9} {'steps':>5} {'s/replan':>10}")
-    for label, planner_cfg, factor in planner_settings(args.full, args.quick):
-        for steps in args.steps:
-            row = {}
-            for precision in args.precisions:
-                seconds = factor * time_replan(wm, planner_cfg, args.episodes, args.horizon, steps, precision,
-                                               args.repeats, args.seed)
-                row[precision] = seconds
-                print(f"{label:<40} {precision:>9} {steps:>5} {seconds:>10.3f}", flush=True)
-            if len(row) == 2:
-                print(f"{'':<40} {'fp32/bf16':>9} {steps:>5} {row['fp32'] / row['bf16']:>9.2f}x", flush=True)
-
-
-def print_throughput(wm: WorldModel, args: argparse.Namespace) -> None:
-    """One forward over the largest setting's candidates (all episodes) x the model window."""
-    largest = planner_settings(args.full, args.quick)[-1][1]
-    candidates, frames = largest["num_samples"] * args.episodes, wm.window
-    print(f"\nmodel forward: {candidates} candidates x {frames} frames x {tokens_per_frame(wm)} tokens")
-    seconds = {}
-    for precision in args.precisions:
-        r = forward_throughput(wm, candidates, frames, precision, args.repeats, args.seed)
-        seconds[precision] = r["seconds"]
-        print(f"  {precision}: {r['seconds']:.3f} s, {r['tokens_per_s']:,.0f} tokens/s, "
-              f"{candidates * frames / r['seconds']:,.0f} frames/s", flush=True)
-    if len(seconds) == 2:
-        print(f"  fp32/bf16: {seconds['fp32'] / seconds['bf16']:.2f}x")
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    overrides = [f"model={args.model}", f"experiment={args.experiment}", *args.override]
-    wm = random_world_model(overrides, args.seed)
+    wm = load_world_model(args)
+    precision = wm.precision
+    peak = matmul_peak(torch.bfloat16 if precision == "bf16" else torch.float32)
+    auto = f"auto; bf16 matmul {bf16_speedup():.2f}x fp32" if args.precision == "auto" else "given"
     params = sum(p.numel() for p in wm.model.parameters())
-    print(f"world model: {' '.join(overrides)} | {params / 1e6:.2f}M parameters | latent "
-          f"{tuple(wm.module.codec.latent_shape)} | {tokens_per_frame(wm)} tokens/frame | action dim {wm.action_dim}"
-          f" | {args.episodes} episode(s), horizon {args.horizon} | {torch.get_num_threads()} threads")
-    print_throughput(wm, args)
-    print_replans(wm, args)
+    default_steps = plan_sampler(wm).steps
+    print(f"machine: {cpu_name()} | torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"precision: {precision} ({auto}) | matmul peak {peak:.0f} GFLOP/s at {precision}")
+    print(f"world model: {args.checkpoint or f'model={args.model} experiment={args.experiment} (random weights)'} | "
+          f"{params / 1e6:.2f}M parameters | {tokens_per_frame(wm)} tokens/frame | window {wm.window} | "
+          f"horizon {args.horizon}")
+    steps = {"legacy": LEGACY_STEPS, "default": default_steps, "recipe": args.recipe_steps}
+    flops = {path: rollout_flops(wm, path, steps[path], args.horizon) for path in PATHS}
+    print(f"paths: legacy = {LEGACY_STEPS} steps, no context cache, per-candidate noise | default = plan.yaml, "
+          f"{default_steps} step(s), context cache | recipe = {args.recipe_steps} step(s), context cache")
+    print(f"\n{'planner':<22} {'episodes':>8} {'path':>8} {'steps':>5} {'s/replan':>10} {'rollouts/s':>11} "
+          f"{'GFLOP/s':>8} {'of peak':>8}")
+    speedups: dict[tuple[str, int], dict[str, float]] = {}
+    for label, planner_cfg in planner_settings(args.quick):
+        full = planner_cfg["iterations"]
+        iterations = None if full < args.full_below else args.iterations
+        note = "" if iterations is None else f"  (x{full / min(full, iterations):g} from {iterations} iteration(s))"
+        for episodes in args.episodes:
+            times = {}
+            for path in PATHS:
+                seconds = time_replan(wm, planner_cfg, episodes, args.horizon, path, steps[path], iterations, args.seed)
+                times[path] = seconds
+                rollouts = episodes * planner_cfg["num_samples"] * full
+                gflops = flops[path] * rollouts / seconds / 1e9
+                print(f"{label:<22} {episodes:>8} {path:>8} {steps[path]:>5} {seconds:>10.2f} {rollouts / seconds:>11.0f} "
+                      f"{gflops:>8.0f} {gflops / peak:>8.2f}{note}", flush=True)
+            speedups[(label, episodes)] = {p: times["legacy"] / times[p] for p in ("default", "recipe")}
+    print()
+    for (label, episodes), s in speedups.items():
+        print(f"speedup over legacy, {label}, {episodes} episode(s): default {s['default']:.1f}x, "
+              f"recipe {s['recipe']:.1f}x")
+    largest = max(args.episodes)
+    print(f"speedup: {min(s['default'] for (_, e), s in speedups.items() if e == largest):.1f}x")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("MUJOCO_GL", "egl")
+from wmplan.envs.gl import configure_mujoco_gl  # noqa: E402
+
+configure_mujoco_gl()
 
 import argparse  # noqa: E402
 import tempfile  # noqa: E402

@@ -1,6 +1,6 @@
-import os
+from wmplan.envs.gl import configure_mujoco_gl
 
-os.environ.setdefault("MUJOCO_GL", "egl")
+configure_mujoco_gl()
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -207,3 +207,36 @@ def test_pixel_oracle_predicts_the_real_frames(episodes):
     for a in actions[0, 1].numpy():
         obs, *_ = env.step(a)
     assert torch.equal(pred[0, 1, -1], oracle.encode({"pixels": obs["pixels"][None]})["latents"][0])
+
+
+def test_episode_plan_is_the_same_alone_and_batched(episodes):
+    """Per-episode randomness: an episode's executed actions do not depend on its batch."""
+    batched = run(CEM, episodes, seed=5)
+    for i in (0, 2):
+        alone = run(CEM, [episodes[i]], seed=5, episode_ids=[i])[0]
+        np.testing.assert_array_equal(np.stack(alone.actions), np.stack(batched[i].actions))
+    shifted = run(CEM, episodes[1:3], seed=5, episode_ids=[1, 2])
+    np.testing.assert_array_equal(np.stack(shifted[1].actions), np.stack(batched[2].actions))
+    with pytest.raises(ValueError, match="episode_ids"):
+        run(CEM, episodes, episode_ids=[0])
+
+
+def test_world_model_gets_per_episode_seeds(episodes):
+    """The context handed to make_rollout_fn carries one seed per episode, new each replan."""
+    env = make_env()
+    oracle = OracleModel(env)
+    seen = []
+
+    def make_rollout_fn(context):
+        seen.append(context["seeds"].tolist())
+        return oracle.make_rollout_fn(context)
+
+    run_mpc(env, build_planner(CEM), EnvDistance(env), oracle.encode, make_rollout_fn, episodes[:2],
+            budget_env_steps=40, horizon=4, seed=3, episode_ids=[7, 9])
+    assert len(seen) == 2 and all(len(s) == 2 for s in seen)
+    assert seen[0] != seen[1] and len(set(seen[0])) == 2
+    again = []
+    run_mpc(env, build_planner(CEM), EnvDistance(env), oracle.encode,
+            lambda c: again.append(c["seeds"].tolist()) or oracle.make_rollout_fn(c), episodes[1:2],
+            budget_env_steps=40, horizon=4, seed=3, episode_ids=[9])
+    assert [s[0] for s in again] == [s[1] for s in seen]

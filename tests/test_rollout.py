@@ -3,6 +3,8 @@ chunking invariance, differentiability and input checks."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -168,3 +170,41 @@ def test_bf16_rollout_close_to_fp32(wm, checkpoint, obs):
     assert err < 0.05
     with pytest.raises(ValueError, match="precision"):
         WorldModel.from_checkpoint(checkpoint, precision="fp16")
+
+
+def test_episode_rollout_does_not_depend_on_its_batch(wm, obs):
+    """Per-episode seeds: an episode's predictions are the same alone, batched, or with fewer
+    candidates, and its candidates share the episode's noise (common random numbers)."""
+    ctx = wm.encode(obs)
+    acts = actions(5)
+    seeds = [101, 202]
+    full = wm.rollout(ctx, acts, seed=seeds)
+    for b in range(B):
+        alone = wm.rollout({k: v[b : b + 1] for k, v in ctx.items()}, acts[b : b + 1], seed=[seeds[b]])
+        for key in ("latents", "proprio"):
+            torch.testing.assert_close(alone[key][0], full[key][b], atol=1e-6, rtol=1e-6)
+    fewer = wm.rollout(ctx, acts[:, 1:], seed=seeds)
+    torch.testing.assert_close(fewer["latents"], full["latents"][:, 1:], atol=1e-6, rtol=1e-6)
+    same = acts[:, :1].expand(B, S, 5, AW)  # equal actions and shared noise: equal predictions
+    pred = wm.rollout(ctx, same, seed=seeds)["latents"]
+    torch.testing.assert_close(pred[:, 1:], pred[:, :1].expand_as(pred[:, 1:]), atol=1e-6, rtol=1e-6)
+    with pytest.raises(ValueError, match="one seed per episode"):
+        wm.rollout(ctx, acts, seed=[1, 2, 3])
+
+
+def test_context_cache_rollout_matches_uncached(wm, obs):
+    ctx = wm.encode(obs)
+    acts = actions(5)
+    cached = wm.rollout(ctx, acts, seed=9)
+    uncached = wm.rollout(ctx, acts, seed=9, sampler=dataclasses.replace(wm.sampler, context_cache=False))
+    for key in ("latents", "proprio"):
+        torch.testing.assert_close(cached[key], uncached[key], atol=1e-5, rtol=1e-5)
+
+
+def test_precision_auto_resolves(checkpoint, monkeypatch):
+    import wmplan.hardware as hardware
+
+    for speedup, expected in ((3.0, "bf16"), (0.01, "fp32")):
+        monkeypatch.setattr(hardware, "bf16_speedup", lambda kind="cpu", size=256, s=speedup: s)
+        assert WorldModel.from_checkpoint(checkpoint).precision == expected
+    assert WorldModel.from_checkpoint(checkpoint, precision="bf16").precision == "bf16"  # explicit wins

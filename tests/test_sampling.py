@@ -95,6 +95,18 @@ class RandomDenoiser(nn.Module):
         return out, None if proprio is None else self.proprio(torch.cat([proprio, t[..., None] / 1000], -1))
 
 
+def tiny_nanowm(proprio_dim: int = 0):
+    """A NanoWM with random weights everywhere (zero-initialised layers too, so every path counts)."""
+    from wmplan.models.nanowm import NanoWM, nanowm_config
+
+    cfg = nanowm_config("tiny", patch_size=1, latent_channels=C, latent_size=HW, action_dim=AW, proprio_dim=proprio_dim)
+    model = NanoWM(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
 def inputs(b: int = 3, n_ctx: int = 1, horizon: int = 3, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     return (torch.randn(b, n_ctx, C, HW, HW, generator=g), torch.randn(b, n_ctx, P, generator=g),
@@ -143,8 +155,8 @@ def test_ddim_step_matches_diffusers(setup: str, prediction_type: str, eta: floa
         x_t, out = torch.randn(2, 1, C, HW, HW, generator=g), torch.randn(2, 1, C, HW, HW, generator=g)
         t_from, t_to = levels[k : k + 1], levels[k - 1 : k]
         x0, eps = diffusion.predict_x0_eps(out, x_t, t_from)
-        ours = ddim_step(diffusion, x0, eps, t_from, t_to, eta, torch.Generator().manual_seed(k))
         noise = torch.randn(x_t.shape, generator=torch.Generator().manual_seed(k)) if eta else None
+        ours = ddim_step(diffusion, x0, eps, t_from, t_to, eta, noise)
         theirs = ref.step(out, int(levels[k]), x_t, eta=eta, variance_noise=noise)
         torch.testing.assert_close(x0, theirs.pred_original_sample, atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(ours, theirs.prev_sample, atol=1e-4, rtol=1e-4)
@@ -156,7 +168,7 @@ def test_flow_step_is_euler() -> None:
     x_t, velocity = torch.randn(2, 3, C, HW, HW, generator=g), torch.randn(2, 3, C, HW, HW, generator=g)
     t_from, t_to = torch.tensor([1000.0, 600.0, 250.0]), torch.tensor([750.0, 0.0, 125.0])
     x0, eps = diffusion.predict_x0_eps(velocity, x_t, t_from)
-    stepped = ddim_step(diffusion, x0, eps, t_from, t_to, 0.0, g)
+    stepped = ddim_step(diffusion, x0, eps, t_from, t_to, 0.0)
     euler = x_t + ((t_to - t_from) / 1000)[None, :, None, None, None] * velocity
     torch.testing.assert_close(stepped, euler, atol=1e-5, rtol=1e-5)
 
@@ -250,11 +262,36 @@ def test_action_guidance(schedule: str) -> None:
         if scale == 1.0:  # scale 1 is the conditional pass alone
             assert len(masks) == rows and all(m is None for m in masks)
             continue
-        assert len(masks) == 2 * rows
+        assert len(masks) == rows  # one forward per row: both passes in one doubled batch
         levels = torch.nn.functional.pad(scheduling_matrix(schedule, 3, 3), (1, 0))
-        for r, (cond, uncond) in enumerate(zip(masks[::2], masks[1::2])):
-            active = levels[r, : uncond.shape[1]] != levels[r + 1, : uncond.shape[1]]
-            assert cond is None and torch.equal(uncond, ~active.expand_as(uncond))  # only the newest frames
+        for r, mask in enumerate(masks):
+            cond, uncond = mask.chunk(2)
+            active = levels[r, : mask.shape[1]] != levels[r + 1, : mask.shape[1]]
+            assert cond.all() and torch.equal(uncond, ~active.expand_as(uncond))  # only the newest frames
+
+
+def test_batched_guidance_equals_two_passes() -> None:
+    """One forward over [conditional; unconditional] rows gives what two forwards gave."""
+    torch.manual_seed(0)
+    model = tiny_nanowm()
+    diffusion = make("v_cosine_ztsnr")
+    context, _, actions = inputs(horizon=3)
+    cfg = SamplerConfig(steps=2, guidance_scale=2.5, schedule="pyramid")
+    with torch.no_grad():
+        batched, _ = generate(model, diffusion, context, None, actions, cfg, 4, torch.Generator().manual_seed(0))
+
+    def two_passes(x, t, acts, proprio=None, action_mask=None, past=None):
+        if action_mask is None:
+            return model(x, t, acts, proprio, None, past)
+        half = x.shape[0] // 2
+        halves = [model(x[s], t[s], acts[s], None, action_mask[s], None if past is None else past.map(lambda z: z[s]))
+                  for s in (slice(0, half), slice(half, None))]
+        return torch.cat([h[0] for h in halves]), None
+
+    two_passes.cache_context = model.cache_context
+    with torch.no_grad():
+        separate, _ = generate(two_passes, diffusion, context, None, actions, cfg, 4, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(batched, separate, atol=1e-5, rtol=1e-5)
 
 
 def test_generate_is_reproducible_and_differentiable() -> None:
@@ -321,3 +358,41 @@ def test_generate_with_nanowm() -> None:
                                 generator=torch.Generator().manual_seed(0))
     assert latents.shape == (3, 4, C, HW, HW) and proprio.shape == (3, 4, P)
     assert torch.isfinite(latents).all() and torch.isfinite(proprio).all()
+
+
+@pytest.mark.parametrize("schedule", ["sequential", "pyramid", "full_sequence"])
+@pytest.mark.parametrize("n_ctx,window,horizon", [(1, 4, 3), (1, 3, 5), (2, 3, 3)])
+def test_context_cache_matches_full_windows(schedule: str, n_ctx: int, window: int, horizon: int) -> None:
+    """Running the context once (K/V cache) gives the full-window result up to rounding."""
+    torch.manual_seed(0)
+    model, diffusion = tiny_nanowm(P), make("v_cosine_ztsnr")
+    context, context_proprio, actions = inputs(n_ctx=n_ctx, horizon=horizon)
+    outs = {}
+    for cache in (True, False):
+        cfg = sampler(diffusion, steps=2, schedule=schedule, eta=0.5, guidance_scale=1.5, context_cache=cache)
+        with torch.no_grad():
+            outs[cache] = generate(model, diffusion, context, context_proprio, actions, cfg, window,
+                                   torch.Generator().manual_seed(0))
+    for cached, full in zip(outs[True], outs[False]):
+        torch.testing.assert_close(cached, full, atol=1e-5, rtol=1e-5)
+
+
+def test_candidates_share_their_contexts_randomness() -> None:
+    """S candidates per context draw the context's noise once: each equals its rollout alone."""
+    torch.manual_seed(0)
+    model, diffusion = tiny_nanowm(P), make("v_cosine_ztsnr")
+    S = 4
+    context, context_proprio, _ = inputs(b=2, horizon=5)
+    actions = torch.randn(2 * S, 5, AW, generator=torch.Generator().manual_seed(1))
+    cfg = sampler(diffusion, steps=2, schedule="pyramid", eta=0.5)
+    with torch.no_grad():
+        together = generate(model, diffusion, context, context_proprio, actions, cfg, 3,
+                            [torch.Generator().manual_seed(s) for s in (10, 11)], candidates=S)
+        for i in range(2 * S):
+            b = i // S
+            alone = generate(model, diffusion, context[b : b + 1], context_proprio[b : b + 1], actions[i : i + 1], cfg,
+                             3, [torch.Generator().manual_seed(10 + b)])
+            torch.testing.assert_close(together[0][i : i + 1], alone[0], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(together[1][i : i + 1], alone[1], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="candidates"):
+        generate(model, diffusion, context, context_proprio, actions[:-1], cfg, 3, torch.Generator(), candidates=S)

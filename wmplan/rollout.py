@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+from wmplan.hardware import autocast, resolve_precision
 from wmplan.models.sampling import SamplerConfig, generate
 from wmplan.module import WorldModelModule
+from wmplan.seeding import stream_seed
 
 Prediction = dict[str, torch.Tensor | None]
 
@@ -49,14 +51,12 @@ class WorldModel:
     """Encode observations, roll out candidate action sequences, decode latents."""
 
     def __init__(self, module: WorldModelModule, sampler: SamplerConfig, use_ema: bool = True,
-                 chunk_size: int = 1024, checkpoint_hash: str | None = None, precision: str = "bf16"):
-        if precision not in ("bf16", "fp32"):
-            raise ValueError(f"precision must be 'bf16' or 'fp32', got {precision!r}")
-        self.precision = precision
+                 chunk_size: int | str = "auto", checkpoint_hash: str | None = None, precision: str = "auto"):
         self.module = module.eval()
+        # auto: bf16 only where this device runs it natively and fast (wmplan.hardware).
+        self.precision = resolve_precision(precision, next(module.parameters()).device)
         self.model = module.ema.module if use_ema else module.model
         self.sampler = sampler
-        self.chunk_size = chunk_size
         self.checkpoint_hash = checkpoint_hash
         cfg = module.cfg
         self.window = int(cfg.data.num_frames)
@@ -65,6 +65,7 @@ class WorldModel:
         self.uses_proprio = int(cfg.model.proprio_dim) > 0
         self.env_id = str(cfg.env.id)
         self.resolution = int(cfg.env.resolution)
+        self.chunk_size = resolve_chunk_size(chunk_size, self.model, self.window, next(module.parameters()).device)
 
     def check_env(self, env_id: str, frameskip: int, resolution: int) -> None:
         """Raise a ValueError naming the first setting in which the planning env differs from
@@ -76,7 +77,7 @@ class WorldModel:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, sampler: SamplerConfig | dict | None = None,
-                        use_ema: bool = True, chunk_size: int = 1024, precision: str = "bf16") -> "WorldModel":
+                        use_ema: bool = True, chunk_size: int | str = "auto", precision: str = "auto") -> "WorldModel":
         """Build from ``latest.ckpt``; the sampler defaults to the planning default
         (full_sequence, few DDIM / Euler steps)."""
         ckpt = load_checkpoint(path)
@@ -117,44 +118,42 @@ class WorldModel:
 
     # -- rollout ----------------------------------------------------------------------
     def rollout(self, context: dict[str, torch.Tensor | None], actions: torch.Tensor,
-                sampler: SamplerConfig | None = None, seed: int = 0) -> Prediction:
+                sampler: SamplerConfig | None = None, seed: int | Sequence[int] | torch.Tensor = 0) -> Prediction:
         """Predict H frames for S candidate action sequences per episode.
 
         context: latents [B, C, h, w] or [B, Tc, C, h, w] (+ proprio [B, (Tc,) P] and, with
         Tc > 1, the executed actions between context frames [B, Tc-1, Aw]);
         actions: [B, S, H, Aw]. Returns latents [B, S, H, C, h, w], proprio [B, S, H, P] | None.
-        Candidates are processed in chunks of ``chunk_size`` to bound memory; gradients flow
-        when enabled by the caller (gradient planners). The sampling noise of candidate
-        ``b * S + s`` comes from its own generator seeded by ``(seed, b * S + s)``, so results
-        do not depend on ``chunk_size`` (one generator per chunk made them depend on it).
+
+        ``seed``: one per episode (B ints), or one int from which episode b's is hashed. Each
+        episode's sampling noise comes from its own seed alone and is shared by its candidates
+        (common random numbers, see ``generate``), so a candidate's prediction does not depend
+        on the other episodes in the batch, on S or on ``chunk_size``. Candidates run in chunks
+        of at most ``chunk_size`` (whole episodes where they fit) to bound memory; the context
+        runs once per episode and chunk. Gradients flow when the caller enables them.
         """
         latents, proprio = self._check_rollout_inputs(context, actions)
         b, s, h, aw = actions.shape
-        flat_actions = actions.reshape(b * s, h, aw)
-        ctx = latents.repeat_interleave(s, dim=0)  # [B*S, Tc, C, h, w]
-        ctx_p = None if proprio is None else proprio.repeat_interleave(s, dim=0)
+        seeds = episode_seeds(seed, b)
         ctx_a = context.get("actions")
-        if ctx_a is not None and ctx_a.shape[1] > 0:
-            ctx_a = ctx_a.to(flat_actions.dtype).repeat_interleave(s, dim=0)  # [B*S, Tc-1, Aw]
-        else:
-            ctx_a = None
+        ctx_a = ctx_a.to(actions.dtype) if ctx_a is not None and ctx_a.shape[1] > 0 else None
         cfg = sampler or self.sampler
         outs, outs_p = [], []
-        for start in range(0, b * s, self.chunk_size):
-            end = start + self.chunk_size
-            generator = [torch.Generator().manual_seed(candidate_seed(seed, i)) for i in range(start, min(end, b * s))]
-            # bf16 autocast: ~2x faster planning on CPUs with AMX and on GPUs; outputs stay fp32.
-            with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+        for episodes, candidates in rollout_chunks(b, s, self.chunk_size):
+            # outputs stay fp32 under bf16 autocast
+            with autocast(self.precision, latents.device):
                 out, out_p = generate(
-                    self.model, self.module.diffusion, ctx[start:end],
-                    None if ctx_p is None else ctx_p[start:end], flat_actions[start:end],
-                    cfg, window=self.window, generator=generator,
-                    context_actions=None if ctx_a is None else ctx_a[start:end],
+                    self.model, self.module.diffusion, latents[episodes],
+                    None if proprio is None else proprio[episodes], actions[episodes, candidates].flatten(0, 1),
+                    cfg, window=self.window, generator=[torch.Generator().manual_seed(x) for x in seeds[episodes]],
+                    context_actions=None if ctx_a is None else ctx_a[episodes],
+                    candidates=len(range(s)[candidates]),
                 )
-            outs.append(out.float())
-            outs_p.append(None if out_p is None else out_p.float())
-        pred_latents = torch.cat(outs).reshape(b, s, h, *latents.shape[2:])
-        pred_proprio = None if outs_p[0] is None else torch.cat(outs_p).reshape(b, s, h, -1)
+            n_eps = len(range(b)[episodes])
+            outs.append(out.float().unflatten(0, (n_eps, -1)))  # [b', s', H, C, h, w]
+            outs_p.append(None if out_p is None else out_p.float().unflatten(0, (n_eps, -1)))
+        pred_latents = join_chunks(outs, b, s)
+        pred_proprio = None if outs_p[0] is None else join_chunks(outs_p, b, s)
         return {"latents": pred_latents, "proprio": pred_proprio}
 
     def _check_rollout_inputs(self, context: dict, actions: torch.Tensor):
@@ -173,15 +172,58 @@ class WorldModel:
         return latents, (proprio if self.uses_proprio else None)
 
 
-def candidate_seed(seed: int, index: int) -> int:
-    """32-bit seed of candidate ``index``'s sampling noise: a splitmix64 hash of (seed, index).
+def episode_seeds(seed: int | Sequence[int] | torch.Tensor, batch: int) -> list[int]:
+    """``batch`` per-episode seeds: given as a sequence, or hashed from one int per position."""
+    if isinstance(seed, torch.Tensor):
+        seed = seed.tolist()
+    if isinstance(seed, int):
+        return [stream_seed(seed, b) for b in range(batch)]
+    seeds = [int(x) for x in seed]
+    if len(seeds) != batch:
+        raise ValueError(f"need one seed per episode ({batch}), got {len(seeds)}")
+    return seeds
 
-    Hashed to 32 bits because torch's CPU generator (mt19937) ignores a seed's high 32 bits.
+
+ACTIVATION_BUDGET = 16 * 2**20  # bytes of the largest activation of one CPU model call
+
+
+def resolve_chunk_size(chunk_size: int | str, model: torch.nn.Module, window: int, device: torch.device) -> int:
+    """Candidates per model call; ``auto`` bounds the largest activation on the CPU.
+
+    On a CPU, big activations cost more than their FLOPs: each fresh buffer over glibc's mmap
+    threshold is page-faulted in again at every call. Measured (mini Wall model, 300
+    candidates, 1 sampling step, 2 cores): 2.2 s in one call, 0.74 s in chunks of 25 whose
+    largest activation (the MLP's input projection) is ~16 MiB. GPUs take 1024 per call.
     """
-    x = (int(seed) * 0x9E3779B97F4A7C15 + int(index) + 1) & 0xFFFFFFFFFFFFFFFF
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
-    return (x ^ (x >> 31)) >> 32
+    if chunk_size != "auto":
+        if not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValueError(f"chunk_size must be 'auto' or an int >= 1, got {chunk_size!r}")
+        return chunk_size
+    if device.type != "cpu":
+        return 1024
+    cfg = model.cfg
+    h, w = cfg.latent_hw
+    tokens = (h // cfg.patch_size) * (w // cfg.patch_size) + int(cfg.proprio_dim > 0)
+    per_candidate = window * tokens * 2 * int(cfg.mlp_ratio * cfg.width) * 4  # fp32 bytes of fc_in's output
+    return max(1, ACTIVATION_BUDGET // per_candidate)
+
+
+def rollout_chunks(episodes: int, candidates: int, chunk_size: int) -> list[tuple[slice, slice]]:
+    """(episode slice, candidate slice) blocks of at most ``chunk_size`` candidates: whole
+    episodes together where an episode's candidates fit, else one episode cut into pieces."""
+    if candidates <= chunk_size:
+        per = chunk_size // candidates
+        return [(slice(e, e + per), slice(None)) for e in range(0, episodes, per)]
+    return [(slice(e, e + 1), slice(c, c + chunk_size))
+            for e in range(episodes) for c in range(0, candidates, chunk_size)]
+
+
+def join_chunks(parts: list[torch.Tensor], episodes: int, candidates: int) -> torch.Tensor:
+    """Reassemble ``rollout_chunks`` outputs [b', s', ...] into [episodes, candidates, ...]."""
+    if parts[0].shape[1] == candidates:  # whole episodes per chunk
+        return torch.cat(parts)
+    per_episode = len(parts) // episodes
+    return torch.cat([torch.cat(parts[e * per_episode:(e + 1) * per_episode], 1) for e in range(episodes)])
 
 
 def planning_sampler(objective: str, steps: int = 3) -> SamplerConfig:

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 from torch.utils.data._utils.collate import default_collate
 
 from wmplan.data.dataset import ClipDataset, load_dataset_info
+from wmplan.hardware import lightning_precision
 from wmplan.models.codecs import CodecConfig, LatentCodec, build_codec
 from wmplan.module import WorldModelModule
 
@@ -131,7 +132,7 @@ def build_trainer(cfg: DictConfig, out_dir: Path) -> L.Trainer:
     ]
     return L.Trainer(
         max_steps=t.max_steps, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
-        strategy=t.strategy, precision=t.precision, gradient_clip_val=t.grad_clip,
+        strategy=t.strategy, precision=lightning_precision(t.precision, t.accelerator), gradient_clip_val=t.grad_clip,
         accumulate_grad_batches=t.accumulate_grad_batches, val_check_interval=cfg.validation.every_n_steps * t.accumulate_grad_batches,
         check_val_every_n_epoch=None, limit_val_batches=cfg.validation.num_batches, num_sanity_val_steps=0,
         logger=loggers, callbacks=callbacks, enable_checkpointing=False, log_every_n_steps=cfg.logging.log_every,

@@ -21,7 +21,9 @@ import os
 from abc import abstractmethod
 from typing import Any
 
-os.environ.setdefault("MUJOCO_GL", "egl")  # offscreen rendering; must precede the import
+from wmplan.envs.gl import configure_mujoco_gl
+
+configure_mujoco_gl()  # offscreen rendering backend by platform; must precede the import
 
 import mujoco  # noqa: E402
 import numpy as np  # noqa: E402

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-import mujoco
-import numpy as np
+from wmplan.envs.gl import configure_mujoco_gl
 
-from wmplan.envs.base import GoalEnv
+configure_mujoco_gl()  # must precede the mujoco import
+
+import mujoco  # noqa: E402
+import numpy as np  # noqa: E402
+
+from wmplan.envs.base import GoalEnv  # noqa: E402
 
 
 class MujocoGoalEnv(GoalEnv):

@@ -15,11 +15,12 @@ Besides the env, this module holds the maze tools used by the scripted data poli
 
 from __future__ import annotations
 
-import os
 from collections import deque
 from typing import Any
 
-os.environ.setdefault("MUJOCO_GL", "egl")  # offscreen rendering; must precede the import
+from wmplan.envs.gl import configure_mujoco_gl
+
+configure_mujoco_gl()  # offscreen rendering backend by platform; must precede the import
 
 import mujoco  # noqa: E402
 import numpy as np  # noqa: E402

@@ -11,13 +11,14 @@ small context noise level (history stabilization), as in training.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor, nn
 
 from wmplan.models.diffusion import Diffusion, per_frame
+from wmplan.models.nanowm import ContextCache
 
 SAMPLERS = ("ddim", "euler")
 SCHEDULES = ("sequential", "pyramid", "full_sequence")
@@ -33,6 +34,7 @@ class SamplerConfig:
     schedule: str = "sequential"  # sequential | pyramid | full_sequence
     guidance_scale: float = 1.0  # classifier-free action guidance; 1 = off
     context_noise_level: float = 0.02  # history stabilization level, fraction of T
+    context_cache: bool = True  # run context frames once per window, not at every step (causal models)
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -70,13 +72,14 @@ def scheduling_matrix(mode: str, n_frames: int, steps: int) -> Tensor:
 
 def ddim_step(
     diffusion: Diffusion, x0: Tensor, eps: Tensor, t_from: Tensor, t_to: Tensor,
-    eta: float, generator: torch.Generator,
+    eta: float, noise: Tensor | None = None,
 ) -> Tensor:
     """One DDIM step per frame, levels t_from -> t_to [n] for x0_hat, eps_hat [B, n, ...].
 
     x_s = alpha_s x0 + sqrt(sigma_s^2 - std^2) eps + std z, with
-    std = eta sigma_s / sigma_t sqrt(1 - abar_t / abar_s). For rectified flow
-    (alpha = 1 - s, sigma = s) and eta = 0 this is exactly the Euler step x_t + (s - t) v_hat.
+    std = eta sigma_s / sigma_t sqrt(1 - abar_t / abar_s) and z = ``noise`` (needed when eta > 0).
+    For rectified flow (alpha = 1 - s, sigma = s) and eta = 0 this is exactly the Euler step
+    x_t + (s - t) v_hat.
     """
     alpha_from, sigma_from = diffusion.alpha_sigma(t_from)
     alpha_to, sigma_to = diffusion.alpha_sigma(t_to)
@@ -84,69 +87,95 @@ def ddim_step(
     direction = (sigma_to**2 - std**2).clamp(min=0).sqrt()
     x = per_frame(alpha_to, x0) * x0 + per_frame(direction, eps) * eps
     if eta > 0:
-        x = x + per_frame(std, x0) * randn_tensor(x0.shape, generator, x0.device, x0.dtype)
+        if noise is None:
+            raise ValueError("a DDIM step with eta > 0 needs noise")
+        x = x + per_frame(std, x0) * noise
     return x
 
 
 def _predict(model: nn.Module, inputs: list[Tensor], t: Tensor, actions: Tensor,
-             action_mask: Tensor | None) -> list[Tensor]:
+             action_mask: Tensor | None, past: ContextCache | None) -> list[Tensor]:
     """Model outputs for [latents] or [latents, proprio], cast to the inputs' dtype."""
-    out, out_proprio = model(inputs[0], t, actions, inputs[1] if len(inputs) > 1 else None, action_mask)
+    proprio = inputs[1] if len(inputs) > 1 else None
+    kwargs = {} if past is None else {"past": past}  # any denoiser works without a cache
+    out, out_proprio = model(inputs[0], t, actions, proprio, action_mask, **kwargs)
     if len(inputs) > 1 and out_proprio is None:
         raise ValueError("context_proprio was given but the model returned no proprio prediction")
     return [o.to(x.dtype) for o, x in zip((out, out_proprio), inputs)]
 
 
 def _guided_outputs(model: nn.Module, inputs: list[Tensor], t: Tensor, actions: Tensor,
-                    first_active: int, scale: float) -> list[Tensor]:
-    """Outputs for frames first_active.. with causal action guidance out_u + w (out_c - out_u);
-    the unconditional pass drops only the actions of the frames being denoised."""
+                    first_active: int, scale: float, past: ContextCache | None) -> list[Tensor]:
+    """Outputs for frames first_active.. with causal action guidance out_u + w (out_c - out_u).
+
+    The unconditional pass drops only the actions of the frames being denoised. Both passes
+    run as one forward over a doubled batch (conditional rows first); ``past`` must then be
+    the doubled cache (``ContextCache.tile(2)``).
+    """
     b, n = inputs[0].shape[:2]
     t = t.expand(b, n)
-    cond = [o[:, first_active:] for o in _predict(model, inputs, t, actions, None)]
     if scale == 1.0:
-        return cond
-    keep = torch.arange(n, device=t.device) < first_active  # [n]
-    uncond = _predict(model, inputs, t, actions, keep.expand(b, n))
-    return [torch.lerp(u[:, first_active:], c, scale) for u, c in zip(uncond, cond)]
+        return [o[:, first_active:] for o in _predict(model, inputs, t, actions, None, past)]
+    keep = (torch.arange(n, device=t.device) < first_active).expand(b, n)  # [B, n]
+    mask = torch.cat([torch.ones_like(keep), keep])  # [2B, n]
+    both = _predict(model, [torch.cat([x, x]) for x in inputs], torch.cat([t, t]), torch.cat([actions, actions]),
+                    mask, past)
+    return [torch.lerp(u, c, scale)[:, first_active:] for c, u in (o.chunk(2) for o in both)]
+
+
+Draw = Callable[[tuple[int, ...], torch.dtype], Tensor]  # (shape after the batch, dtype) -> [B, *shape]
 
 
 def _denoise_window(
-    model: nn.Module, diffusion: Diffusion, states: list[Tensor], actions: Tensor,
-    n_ctx: int, cfg: SamplerConfig, generator: torch.Generator,
+    model: nn.Module, diffusion: Diffusion, context: list[Tensor], new: list[Tensor], actions: Tensor,
+    cfg: SamplerConfig, draw: Draw,
 ) -> tuple[list[Tensor], list[Tensor]]:
-    """Denoise the frames after the n_ctx context frames of a window.
+    """Denoise the frames that follow the context frames of a window.
 
-    states: [latents [B, W, C, h, w]] (+ [proprio [B, W, P]]), context frames stabilized,
-    the others pure noise; actions [B, W, Aw]. Returns (states with finished frames
-    stabilized, the clean generated frames [B, W - n_ctx, ...] per state).
+    context: per state [Bc, Tc, ...] (latents, then proprio if any), stabilized at the context
+    noise level; new: per state [B, Tn, ...] pure noise, with B = r * Bc (row i continues
+    context row i // r); actions [B, Tc + Tn, Aw]. With ``cfg.context_cache`` (and a model that
+    has ``cache_context``) the context runs once, at batch Bc, and every model call sees only
+    the new frames. Returns (the window's states [B, Tc + Tn, ...] with finished frames
+    stabilized, the clean new frames [B, Tn, ...] per state).
     """
-    states = list(states)
-    device = states[0].device
-    n_new = states[0].shape[1] - n_ctx
-    levels = F.pad(scheduling_matrix(cfg.schedule, n_new, cfg.steps), (n_ctx, 0))  # [R, W], context at 0
-    t_step = diffusion.sampling_timesteps(cfg.steps)[levels].to(device)  # [R, W]
+    n_ctx, (n, n_new) = context[0].shape[1], new[0].shape[:2]
+    repeats, device = n // context[0].shape[0], new[0].device
+    levels = scheduling_matrix(cfg.schedule, n_new, cfg.steps)  # [R, Tn]
+    t_step = diffusion.sampling_timesteps(cfg.steps)[levels].to(device)  # [R, Tn]
     t_context = diffusion.timestep(cfg.context_noise_level).to(device)
     t_model = torch.where(levels.to(device) == 0, t_context, t_step)  # finished frames sit at the context level
-    clean: list[list[Tensor]] = [[] for _ in states]
+    expanded = [c.repeat_interleave(repeats, dim=0) for c in context]  # [B, Tc, ...]
+    past = None
+    if cfg.context_cache and hasattr(model, "cache_context"):
+        ctx_t = t_context.expand(context[0].shape[:2])
+        past = model.cache_context(context[0], ctx_t, actions[::repeats, :n_ctx], *context[1:])
+        past = past.repeat_interleave(repeats).tile(1 if cfg.guidance_scale == 1.0 else 2)
+    states, clean = list(new), [[] for _ in new]
     for r in range(levels.shape[0] - 1):
         changing = (levels[r] != levels[r + 1]).nonzero()[:, 0]
         lo, hi = int(changing[0]), int(changing[-1]) + 1
         n_finished = int((levels[r + 1, lo:hi] == 0).sum())  # a prefix of lo..hi: earlier frames finish first
         # The denoiser is causal in time, so the pure-noise frames after `hi` cannot matter: leave them out.
-        outs = _guided_outputs(model, [s[:, :hi] for s in states], t_model[r, :hi], actions[:, :hi],
-                               lo, cfg.guidance_scale)
+        if past is None:
+            inputs = [torch.cat([c, s[:, :hi]], 1) for c, s in zip(expanded, states)]
+            t = torch.cat([t_context.expand(n_ctx), t_model[r, :hi]])
+            outs = _guided_outputs(model, inputs, t, actions[:, : n_ctx + hi], n_ctx + lo, cfg.guidance_scale, None)
+        else:
+            outs = _guided_outputs(model, [s[:, :hi] for s in states], t_model[r, :hi],
+                                   actions[:, n_ctx : n_ctx + hi], lo, cfg.guidance_scale, past)
         for i, (state, out) in enumerate(zip(states, outs)):
             x0, eps = diffusion.predict_x0_eps(out, state[:, lo:hi], t_step[r, lo:hi])
-            new = ddim_step(diffusion, x0, eps, t_step[r, lo:hi], t_step[r + 1, lo:hi], cfg.eta, generator)
+            noise = draw(x0.shape[1:], x0.dtype) if cfg.eta > 0 else None
+            new_frames = ddim_step(diffusion, x0, eps, t_step[r, lo:hi], t_step[r + 1, lo:hi], cfg.eta, noise)
             if n_finished:
-                done = new[:, :n_finished]
+                done = new_frames[:, :n_finished]
                 clean[i].append(done)
-                noise = randn_tensor(done.shape, generator, device, done.dtype)
-                new = torch.cat([diffusion.q_sample(done, t_context.expand(n_finished), noise),
-                                 new[:, n_finished:]], 1)
-            states[i] = torch.cat([state[:, :lo], new, state[:, hi:]], 1)
-    return states, [torch.cat(frames, 1) for frames in clean]
+                stabilized = diffusion.q_sample(done, t_context.expand(n_finished), draw(done.shape[1:], done.dtype))
+                new_frames = torch.cat([stabilized, new_frames[:, n_finished:]], 1)
+            states[i] = torch.cat([state[:, :lo], new_frames, state[:, hi:]], 1)
+    window = [torch.cat([c, s], 1) for c, s in zip(expanded, states)]
+    return window, [torch.cat(frames, 1) for frames in clean]
 
 
 def generate(
@@ -157,40 +186,54 @@ def generate(
     actions: Tensor,
     cfg: SamplerConfig,
     window: int,
-    generator: torch.Generator,
+    generator: torch.Generator | list[torch.Generator],
     context_actions: Tensor | None = None,
+    candidates: int = 1,
 ) -> tuple[Tensor, Tensor | None]:
     """Predict H frames after the context under the given actions.
 
-    context [B, Tc, C, h, w]; context_proprio [B, Tc, P] | None; actions [B, H, Aw], where
-    actions[:, i] takes the frame before predicted frame i to it; context_actions
-    [B, Tc-1, Aw] | None are the actions between context frames (zeros when None).
+    context [B, Tc, C, h, w]; context_proprio [B, Tc, P] | None; actions [B * candidates, H, Aw]:
+    ``candidates`` action sequences per context (rows b * candidates ...), where actions[:, i]
+    takes the frame before predicted frame i to it; context_actions [B, Tc-1, Aw] | None are
+    the actions between context frames (zeros when None).
+
+    Randomness: every draw (context stabilization, the new frames' initial noise, re-noising,
+    DDIM eta) is made once per context with ``generator`` (one, or a list of B, one per
+    context) and shared by its candidates. These common random numbers make candidates of one
+    context differ by their actions alone, and a candidate's rollout independent of which
+    other candidates share the batch.
+
     A model call sees at most `window` frames: when Tc + H > window the first chunk fills the
     window, then it slides so the newest Tc frames are the context of the next chunk.
     Gradients flow if the caller enables them (no in-place updates); autocast is respected.
-    Returns (latents [B, H, C, h, w], proprio [B, H, P] | None).
+    Returns (latents [B * candidates, H, C, h, w], proprio [B * candidates, H, P] | None).
     """
-    _check_generate_inputs(diffusion, context, context_proprio, actions, context_actions, cfg, window)
+    _check_generate_inputs(diffusion, context, context_proprio, actions, context_actions, cfg, window, candidates)
     b, n_ctx = context.shape[:2]
     horizon, device = actions.shape[1], context.device
-    null_action = actions.new_zeros(b, 1, actions.shape[2])
+
+    def draw(shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:  # [B * candidates, *shape]
+        return randn_tensor((b, *shape), generator, device, dtype).repeat_interleave(candidates, dim=0)
+
+    null_action = actions.new_zeros(actions.shape[0], 1, actions.shape[2])
     if context_actions is None:
-        context_actions = null_action.expand(b, n_ctx - 1, -1)
-    seq_actions = torch.cat([context_actions, actions], 1)  # [B, Tc-1+H]: entry i leads to frame i+1
+        context_actions = null_action[:b].expand(b, n_ctx - 1, -1)
+    seq_actions = torch.cat([context_actions.repeat_interleave(candidates, dim=0), actions], 1)  # entry i -> frame i+1
 
     t_context = diffusion.timestep(cfg.context_noise_level).to(device)
     clean = [context] if context_proprio is None else [context, context_proprio]
-    states = [diffusion.q_sample(x, t_context.expand(n_ctx), randn_tensor(x.shape, generator, device, x.dtype))
-              for x in clean]
-    chunks: list[list[Tensor]] = [[] for _ in states]
+    # Context rows stay at batch B until the window slides onto generated frames.
+    contexts = [diffusion.q_sample(x, t_context.expand(n_ctx), randn_tensor(x.shape, generator, device, x.dtype))
+                for x in clean]
+    chunks: list[list[Tensor]] = [[] for _ in clean]
     n_done = 0
     while n_done < horizon:
         n_new = min(window - n_ctx, horizon - n_done)
-        states = [torch.cat([s[:, -n_ctx:], randn_tensor((b, n_new, *s.shape[2:]), generator, device, s.dtype)], 1)
-                  for s in states]
+        new = [draw((n_new, *x.shape[2:]), x.dtype) for x in clean]
         # The window's first frame gets the null action, as frame 0 of every training clip does.
         window_actions = torch.cat([null_action, seq_actions[:, n_done:n_done + n_ctx - 1 + n_new]], 1)
-        states, new_frames = _denoise_window(model, diffusion, states, window_actions, n_ctx, cfg, generator)
+        states, new_frames = _denoise_window(model, diffusion, contexts, new, window_actions, cfg, draw)
+        contexts = [s[:, -n_ctx:] for s in states]
         for chunk, frames in zip(chunks, new_frames):
             chunk.append(frames)
         n_done += n_new
@@ -200,7 +243,7 @@ def generate(
 
 def _check_generate_inputs(
     diffusion: Diffusion, context: Tensor, context_proprio: Tensor | None, actions: Tensor,
-    context_actions: Tensor | None, cfg: SamplerConfig, window: int,
+    context_actions: Tensor | None, cfg: SamplerConfig, window: int, candidates: int,
 ) -> None:
     expected = "euler" if diffusion.is_flow else "ddim"
     if cfg.sampler != expected:
@@ -209,8 +252,11 @@ def _check_generate_inputs(
         raise ValueError(f"context must be [B, Tc, C, h, w] and actions [B, H, Aw], got "
                          f"{tuple(context.shape)} and {tuple(actions.shape)}")
     b, n_ctx = context.shape[:2]
-    if actions.shape[0] != b or actions.shape[1] < 1:
-        raise ValueError(f"actions must be [{b}, H >= 1, Aw], got {tuple(actions.shape)}")
+    if candidates < 1:
+        raise ValueError(f"candidates must be >= 1, got {candidates}")
+    if actions.shape[0] != b * candidates or actions.shape[1] < 1:
+        raise ValueError(f"actions must be [{b} contexts x {candidates} candidates, H >= 1, Aw], "
+                         f"got {tuple(actions.shape)}")
     if n_ctx < 1 or n_ctx >= window:
         raise ValueError(f"need 1 <= context frames Tc < window, got Tc={n_ctx}, window={window}")
     if context_proprio is not None and context_proprio.shape[:2] != (b, n_ctx):

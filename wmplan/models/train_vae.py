@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
+from wmplan.hardware import autocast, check_precision, default_device
 from wmplan.metrics import psnr, ssim
 from wmplan.models.codecs import CodecConfig, build_codec
 
@@ -46,16 +47,15 @@ class VAETrainConfig:
     val_fraction: float = 0.05  # array input only: share of frames held out
     scale_frames: int = 1024  # frames whose latents set the scaling factor
     seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
-    precision: str = "bf16-mixed"  # bf16-mixed (bf16 autocast; scripts/bench_vae.py) | 32
+    device: str = "auto"  # auto (cuda, mps, else cpu) | cpu | cuda | mps
+    precision: str = "auto"  # auto (bf16 where it runs natively and fast, see wmplan.hardware) | bf16 | fp32
     log_every: int = 100
 
     def __post_init__(self) -> None:
         self.block_out_channels = tuple(self.block_out_channels)
         if self.recon_loss not in ("l1", "mse"):
             raise ValueError(f"recon_loss must be 'l1' or 'mse', got {self.recon_loss!r}")
-        if self.precision not in ("bf16-mixed", "32"):
-            raise ValueError(f"precision must be 'bf16-mixed' or '32', got {self.precision!r}")
+        self.precision = check_precision(self.precision)
 
 
 def train_vae(data: str | Path | np.ndarray, out_dir: str | Path, cfg: VAETrainConfig | None = None) -> dict:
@@ -65,8 +65,7 @@ def train_vae(data: str | Path | np.ndarray, out_dir: str | Path, cfg: VAETrainC
     rng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)
     train, val = _split_frames(data, cfg, rng)
-    auto = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(auto if cfg.device == "auto" else cfg.device)
+    device = torch.device(default_device() if cfg.device == "auto" else cfg.device)
     vae = _new_vae(cfg, resolution=train.shape[1]).to(device)
     start = time.perf_counter()
     _fit(vae, train, cfg, device)
@@ -130,7 +129,7 @@ def _fit(vae, frames: np.ndarray, cfg: VAETrainConfig, device: torch.device) -> 
     for step in range(1, cfg.steps + 1):
         idx = torch.randint(len(frames), (cfg.batch_size,), generator=gen).numpy()
         x = _to_model(frames[idx], device)  # [b, 3, H, W]
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16-mixed"):
+        with autocast(cfg.precision, device):
             posterior = vae.encode(x).latent_dist
             noise = torch.randn(posterior.mean.shape, generator=gen).to(device)
             recon = vae.decode(posterior.mean + posterior.std * noise).sample

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Callable, Protocol, Sequence
 
 import torch
 from torch import Tensor
@@ -22,6 +22,9 @@ Prediction = dict[str, Tensor | None]
 # latents [B, C, h, w]; proprio [B, P] or None
 Goal = dict[str, Tensor | None]
 RolloutFn = Callable[[Tensor], Prediction]
+# One generator for the whole batch, or one per episode: then every draw of episode b comes
+# from its own stream, and its plan does not depend on the other episodes in the batch.
+Generators = torch.Generator | Sequence[torch.Generator]
 
 ACTION_LOW, ACTION_HIGH = -1.0, 1.0
 
@@ -38,13 +41,26 @@ class PlanResult:
     cost: Tensor  # [B], the objective at ``actions``
 
 
-def randn(shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> Tensor:
-    # Draw on the generator's device, then move: the same seed gives the same plan on any device.
-    return torch.randn(shape, generator=generator, device=generator.device).to(device)
+def per_episode(draw: Callable[[tuple[int, ...], torch.Generator], Tensor], shape: tuple[int, ...],
+                generator: Generators, device: torch.device) -> Tensor:
+    """``draw(shape, generator)`` [B, ...] at once, or per episode from its own generator.
+
+    Draws happen on the generator's device and then move, so the same seed gives the same
+    plan on any device.
+    """
+    if isinstance(generator, torch.Generator):
+        return draw(shape, generator).to(device)
+    if len(generator) != shape[0]:
+        raise ValueError(f"need one generator per episode ({shape[0]}), got {len(generator)}")
+    return torch.stack([draw(shape[1:], g) for g in generator]).to(device)
+
+
+def randn(shape: tuple[int, ...], generator: Generators, device: torch.device) -> Tensor:
+    return per_episode(lambda s, g: torch.randn(s, generator=g, device=g.device), shape, generator, device)
 
 
 def colored_noise(
-    shape: tuple[int, ...], beta: float, frameskip: int, generator: torch.Generator, device: torch.device
+    shape: tuple[int, ...], beta: float, frameskip: int, generator: Generators, device: torch.device
 ) -> Tensor:
     """Unit-variance Gaussian noise [B, S, H, Aw] with power spectrum ~ 1/f^beta over env time.
 
@@ -74,12 +90,12 @@ def colored_noise(
     return noise.reshape(*lead, H, Aw).to(device)
 
 
-def uniform_actions(shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> Tensor:
-    u = torch.rand(shape, generator=generator, device=generator.device).to(device)
+def uniform_actions(shape: tuple[int, ...], generator: Generators, device: torch.device) -> Tensor:
+    u = per_episode(lambda s, g: torch.rand(s, generator=g, device=g.device), shape, generator, device)
     return ACTION_LOW + (ACTION_HIGH - ACTION_LOW) * u
 
 
-def warm_started_candidates(init: Tensor, n: int, generator: torch.Generator) -> Tensor:
+def warm_started_candidates(init: Tensor, n: int, generator: Generators) -> Tensor:
     """``n`` uniform candidates per episode [B, n, H, Aw] whose first is the warm start ``init``
     [B, H, Aw], so replanning never discards a plan that still scores best."""
     B, H, A = init.shape
@@ -105,14 +121,15 @@ class Planner(ABC):
         horizon: int,
         action_dim: int,
         init: Tensor | None = None,
-        generator: torch.Generator | None = None,
+        generator: Generators | None = None,
         frameskip: int = 1,
     ) -> PlanResult:
         """Best action sequences [B, H, Aw] found for ``goal``; ``init`` [B, H, Aw] warm-starts.
 
         ``frameskip``: env actions packed in one planner action (``Aw = frameskip * A``), which
-        lets samplers correlate noise over env time. Without a generator the search is seeded
-        0, so an unseeded call is still reproducible.
+        lets samplers correlate noise over env time. ``generator``: one for the batch, or one
+        per episode (a list of B), which makes each episode's search independent of the
+        others. Without one the search is seeded 0, so an unseeded call is still reproducible.
         """
         check_plan_args(goal, batch_size, horizon, action_dim, init)
         if frameskip < 1 or action_dim % frameskip:
@@ -121,11 +138,13 @@ class Planner(ABC):
         shape = (batch_size, horizon, action_dim)
         init = torch.zeros(shape, device=device) if init is None else init.detach().float().to(device)
         generator = generator if generator is not None else torch.Generator().manual_seed(0)
+        if not isinstance(generator, torch.Generator) and len(generator) != batch_size:
+            raise ValueError(f"need one generator per episode ({batch_size}), got {len(generator)}")
         return self.search(rollout_fn, objective, goal, init.clamp(ACTION_LOW, ACTION_HIGH), generator, frameskip)
 
     @abstractmethod
     def search(
-        self, rollout_fn: RolloutFn, objective: Objective, goal: Goal, init: Tensor, generator: torch.Generator,
+        self, rollout_fn: RolloutFn, objective: Objective, goal: Goal, init: Tensor, generator: Generators,
         frameskip: int,
     ) -> PlanResult:
         """The planner's search from ``init`` [B, H, Aw] (the warm start, zeros without one);

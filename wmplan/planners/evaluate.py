@@ -61,8 +61,8 @@ def model_and_objective(cfg: DictConfig, env) -> tuple[Any, Any, Any, str | None
     except ValueError as err:
         raise ValueError(f"checkpoint {cfg.world_model}: {err}") from None
 
-    def make_rollout_fn(context):
-        return lambda actions: wm.rollout(context, actions, seed=cfg.seed)
+    def make_rollout_fn(context):  # context["seeds"]: each episode's own noise (run_mpc)
+        return lambda actions: wm.rollout(context, actions, seed=context["seeds"])
 
     return wm.encode, make_rollout_fn, build_objective(cfg.objective), wm.checkpoint_hash
 
@@ -91,7 +91,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     records = run_mpc(
         env, planner, objective, encode_fn, make_rollout_fn, episodes,
         budget_env_steps=cfg.budget_env_steps, execute_k=cfg.execute_k, horizon=cfg.horizon,
-        history=cfg.history, seed=cfg.seed, budget_horizon=cfg.budget_horizon,
+        history=cfg.history, seed=cfg.seed, budget_horizon=cfg.budget_horizon, progress=cfg.progress,
     )
     out_dir = Path(cfg.out_dir)
     config = OmegaConf.to_container(cfg, resolve=True)

@@ -10,6 +10,7 @@ from torch import Tensor
 from wmplan.planners.base import (
     ACTION_HIGH,
     ACTION_LOW,
+    Generators,
     Goal,
     Objective,
     PlanResult,
@@ -46,7 +47,7 @@ class GradientPlanner(Planner):
         self.restarts, self.iterations, self.lr = cfg.restarts, cfg.iterations, cfg.lr
 
     def search(
-        self, rollout_fn: RolloutFn, objective: Objective, goal: Goal, init: Tensor, generator: torch.Generator,
+        self, rollout_fn: RolloutFn, objective: Objective, goal: Goal, init: Tensor, generator: Generators,
         frameskip: int,
     ) -> PlanResult:
         actions = warm_started_candidates(init, self.restarts, generator).requires_grad_(True)  # [B, R, H, Aw]

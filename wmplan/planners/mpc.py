@@ -22,8 +22,10 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from wmplan.planners.base import Goal, Objective, Planner, RolloutFn
+from wmplan.seeding import stream_seed
 from wmplan.video import save_video, tile
 
 if TYPE_CHECKING:
@@ -33,7 +35,8 @@ log = logging.getLogger(__name__)
 
 # obs batch (pixels uint8 [N,H,W,3], proprio float32 [N,P], state float64 [N,S]) -> goal-like dict
 EncodeFn = Callable[[dict[str, torch.Tensor]], Goal]
-# context (latents [B,T,C,h,w], proprio [B,T,P] | None, actions [B,T-1,Aw], state [B,T,S]) -> rollout
+# context (latents [B,T,C,h,w], proprio [B,T,P] | None, actions [B,T-1,Aw], state [B,T,S],
+# seeds [B] for the model's sampling noise) -> rollout
 MakeRolloutFn = Callable[[dict[str, torch.Tensor | None]], RolloutFn]
 
 
@@ -96,6 +99,8 @@ def run_mpc(
     history: int = 1,
     seed: int = 0,
     budget_horizon: bool = True,
+    episode_ids: Sequence[int] | None = None,
+    progress: bool = False,
 ) -> list[EpisodeRecord]:
     """Plan-execute-replan for every (start_state, goal_state) in ``episodes``, batched.
 
@@ -106,12 +111,21 @@ def run_mpc(
     warm-starts the next replan. The context holds the last ``history`` real observations
     (repeated at the start, with zero actions between the repeats). With ``budget_horizon``
     a replan never plans past the budget (see ``plan_horizons``).
+
+    Randomness is per episode: episode ``episode_ids[b]`` (default: its position) draws its
+    planner noise from its own generator and hands the world model its own seed per replan
+    (``context["seeds"]``), so its plan is the same alone, batched, or in another shard.
+    ``progress`` shows a bar over replans with an ETA.
     """
     frameskip = env.action_space.shape[0] // env.unwrapped.action_space.shape[0]
     execute_k = horizon if execute_k is None else execute_k
     check_mpc_args(episodes, budget_env_steps, frameskip, execute_k, horizon, history)
     B, Aw = len(episodes), env.action_space.shape[0]
-    generator = torch.Generator().manual_seed(seed)
+    episode_ids = list(range(B)) if episode_ids is None else [int(i) for i in episode_ids]
+    if len(episode_ids) != B:
+        raise ValueError(f"episode_ids has {len(episode_ids)} entries for {B} episodes")
+    streams = [stream_seed(seed, i) for i in episode_ids]
+    generators = [torch.Generator().manual_seed(s) for s in streams]
 
     goal_obs = [observe(env, goal) for _, goal in episodes]
     goal = encode_fn(obs_batch(goal_obs))
@@ -123,11 +137,14 @@ def run_mpc(
 
     init, remaining = None, budget_env_steps // frameskip
     horizons = plan_horizons(remaining, execute_k, horizon, budget_horizon)
+    bar = tqdm(total=len(horizons), desc=f"MPC {B} episodes", unit="replan", disable=not progress, leave=False)
     for replan, h in enumerate(horizons, start=1):
         t0 = time.perf_counter()
-        rollout_fn = make_rollout_fn(make_context(encode_fn, obs_steps, act_steps, history, Aw))
+        context = make_context(encode_fn, obs_steps, act_steps, history, Aw)
+        context["seeds"] = torch.tensor([stream_seed(s, replan) for s in streams])  # the model's noise, per episode
+        rollout_fn = make_rollout_fn(context)
         init = None if init is None else init[:, :h]
-        plan = planner.plan(rollout_fn, objective, goal, B, h, Aw, init, generator, frameskip=frameskip)
+        plan = planner.plan(rollout_fn, objective, goal, B, h, Aw, init, generators, frameskip=frameskip)
         elapsed = time.perf_counter() - t0
         n = min(execute_k, remaining)
         actions = plan.actions[:, :n].detach().cpu().float()  # [B, n, Aw]
@@ -138,6 +155,9 @@ def run_mpc(
         init = torch.cat([plan.actions[:, n:], torch.zeros_like(plan.actions[:, :n])], dim=1)
         remaining -= n
         log.info(progress_line(records, replan, len(horizons), elapsed))
+        bar.set_postfix_str(f"{sum(r.successes[-1] for r in records)}/{B} at the goal")
+        bar.update()
+    bar.close()
     return records
 
 

@@ -24,7 +24,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from wmplan.planners.base import Goal, Objective, PlanResult, Planner, Prediction, RolloutFn, uniform_actions
+from wmplan.planners.base import (
+    Generators, Goal, Objective, PlanResult, Planner, Prediction, RolloutFn, uniform_actions,
+)
 
 if TYPE_CHECKING:
     import gymnasium as gym
@@ -42,7 +44,7 @@ class RandomActions(Planner):
         super().__init__(max_batch=1)
 
     def search(
-        self, rollout_fn: RolloutFn, objective: Objective, goal: Goal, init: Tensor, generator: torch.Generator,
+        self, rollout_fn: RolloutFn, objective: Objective, goal: Goal, init: Tensor, generator: Generators,
         frameskip: int,
     ) -> PlanResult:
         actions = uniform_actions(tuple(init.shape), generator, init.device)  # [B, H, Aw]

@@ -7,7 +7,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from wmplan.planners.base import Goal, Objective, PlanResult, Planner, RolloutFn, best_of, warm_started_candidates
+from wmplan.planners.base import (
+    Generators, Goal, Objective, PlanResult, Planner, RolloutFn, best_of, warm_started_candidates,
+)
 
 
 @dataclass
@@ -27,7 +29,7 @@ class RandomShooting(Planner):
         self.num_samples = cfg.num_samples
 
     def search(
-        self, rollout_fn: RolloutFn, objective: Objective, goal: Goal, init: Tensor, generator: torch.Generator,
+        self, rollout_fn: RolloutFn, objective: Objective, goal: Goal, init: Tensor, generator: Generators,
         frameskip: int,
     ) -> PlanResult:
         samples = warm_started_candidates(init, self.num_samples, generator)  # [B, S, H, Aw]
