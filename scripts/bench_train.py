@@ -1,20 +1,22 @@
-"""Training throughput of NanoWM on this machine: samples/s and achieved matmul GFLOP/s.
+"""Training throughput of NanoWM against this machine: samples/s, achieved GFLOP/s and the
+fraction of the measured matmul peak at the precision in use.
 
 One step = forward + backward + AdamW on an MSE loss (the diffusion loss adds negligible
-compute). Default: NanoWM-S/2 at latent 8x8x4, 4 frames, batch 8, bf16 autocast and fp32.
+compute). Default: NanoWM-S/2 at latent 8x8x4, 4 frames, batch 8, ``--precision auto`` (what
+``wmplan-train`` picks here). The last line is ``peak fraction: <0.NN>``.
 
-    .venv/bin/python scripts/bench_train.py [--size S --patch 2 --batch 8 --steps 10]
+    .venv/bin/python scripts/bench_train.py [--size S --patch 2 --batch 8 --steps 10 --precision auto]
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import time
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from wmplan.hardware import autocast, bf16_speedup, cpu_name, matmul_peak, resolve_precision, tune_cpu_allocator
 from wmplan.models.nanowm import NanoWM, nanowm_config, shift_actions
 
 
@@ -29,9 +31,8 @@ def make_batch(cfg, batch: int, frames: int, generator: torch.Generator) -> dict
     }
 
 
-def train_step(model: NanoWM, optimizer: torch.optim.Optimizer, batch: dict, bf16: bool) -> None:
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-    with autocast:
+def train_step(model: NanoWM, optimizer: torch.optim.Optimizer, batch: dict, precision: str) -> None:
+    with autocast(precision):
         out, _ = model(batch["x"], batch["t"], batch["actions"])
     loss = (out.float() - batch["target"]).pow(2).mean()
     loss.backward()
@@ -39,39 +40,40 @@ def train_step(model: NanoWM, optimizer: torch.optim.Optimizer, batch: dict, bf1
     optimizer.zero_grad(set_to_none=True)
 
 
-def step_flops(model: NanoWM, batch: dict, bf16: bool) -> int:
+def step_flops(model: NanoWM, batch: dict, precision: str) -> int:
     """FLOPs of one forward + backward (matmuls and attention), counted by FlopCounterMode."""
     counter = FlopCounterMode(display=False)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     with counter:
-        with autocast:
+        with autocast(precision):
             out, _ = model(batch["x"], batch["t"], batch["actions"])
         (out.float() - batch["target"]).pow(2).mean().backward()
     model.zero_grad(set_to_none=True)
     return counter.get_total_flops()
 
 
-def bench(args: argparse.Namespace, bf16: bool) -> None:
+def bench(args: argparse.Namespace, precision: str) -> float:
+    """Time training steps at ``precision``; print a line and return the achieved GFLOP/s."""
     torch.manual_seed(0)
     cfg = nanowm_config(args.size, args.patch, latent_size=args.latent, action_dim=args.action_dim)
     model = NanoWM(cfg)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, fused=True)
     batch = make_batch(cfg, args.batch, args.frames, torch.Generator().manual_seed(0))
-    flops = step_flops(model, batch, bf16)
+    flops = step_flops(model, batch, precision)
     for _ in range(args.warmup):
-        train_step(model, optimizer, batch, bf16)
+        train_step(model, optimizer, batch, precision)
     times = []
     for _ in range(args.steps):
         start = time.perf_counter()
-        train_step(model, optimizer, batch, bf16)
+        train_step(model, optimizer, batch, precision)
         times.append(time.perf_counter() - start)
     best, median = min(times), sorted(times)[len(times) // 2]
-    name = "bf16 autocast" if bf16 else "fp32"
+    gflops = flops / median / 1e9
     print(
-        f"NanoWM-{args.size}/{args.patch} {name:13s} | {median * 1e3:7.1f} ms/step (best {best * 1e3:.1f}) | "
+        f"NanoWM-{args.size}/{args.patch} {precision:5s} | {median * 1e3:7.1f} ms/step (best {best * 1e3:.1f}) | "
         f"{args.batch / median:6.2f} samples/s (best {args.batch / best:.2f}) | "
-        f"{flops / 1e9:6.1f} GFLOP/step | {flops / median / 1e9:6.1f} GFLOP/s"
+        f"{flops / 1e9:6.1f} GFLOP/step | {gflops:6.1f} GFLOP/s"
     )
+    return gflops
 
 
 def main() -> None:
@@ -84,17 +86,25 @@ def main() -> None:
     parser.add_argument("--action-dim", type=int, default=7)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--precision", choices=["both", "bf16", "fp32"], default="both")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
+    parser.add_argument("--precision", default="auto", help="auto | bf16 | fp32")
+    parser.add_argument("--compare", action="store_true", help="also time the other precision, side by side")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tune_cpu_allocator()
+    precision = resolve_precision(args.precision)
     n_params = sum(p.numel() for p in NanoWM(nanowm_config(args.size, args.patch)).parameters())
-    print(f"torch {torch.__version__}, {args.threads} threads, {n_params / 1e6:.2f}M params, "
-          f"latent {args.latent}x{args.latent}x4, {args.frames} frames, batch {args.batch}")
-    if args.precision in ("both", "bf16"):
-        bench(args, bf16=True)
-    if args.precision in ("both", "fp32"):
-        bench(args, bf16=False)
+    print(f"machine: {cpu_name()} | torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"precision: {precision} ({'auto; bf16 matmul %.2fx fp32' % bf16_speedup() if args.precision == 'auto' else 'given'})")
+    print(f"NanoWM-{args.size}/{args.patch}: {n_params / 1e6:.2f}M params at the reference shape; here latent "
+          f"{args.latent}x{args.latent}x4, {args.frames} frames, batch {args.batch}")
+    if args.compare:
+        bench(args, "fp32" if precision == "bf16" else "bf16")
+    gflops = bench(args, precision)
+    peak = matmul_peak(torch.bfloat16 if precision == "bf16" else torch.float32)
+    print(f"matmul peak at {precision}: {peak:.0f} GFLOP/s")
+    print(f"peak fraction: {gflops / peak:.2f}")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from wmplan.data.collect import collect  # noqa: E402
 from wmplan.data.dataset import iter_episodes  # noqa: E402
 from wmplan.envs.config import load_env_config  # noqa: E402
+from wmplan.hardware import bf16_speedup, cpu_name, resolve_precision, tune_cpu_allocator  # noqa: E402
 from wmplan.planners.evaluate import evaluate  # noqa: E402
 from wmplan.train import CONFIG_DIR, train  # noqa: E402
 from wmplan.video import save_video  # noqa: E402
@@ -96,6 +97,9 @@ def main() -> None:
         args.episodes_per_env, args.wall_episodes, args.train_steps = 2, 16, 10
         args.model, args.plan_episodes = "tiny", 2
     t0 = time.perf_counter()
+    tune_cpu_allocator()
+    precision = resolve_precision("auto")
+    print(f"machine: {cpu_name()} | precision auto -> {precision} (bf16 matmul {bf16_speedup():.2f}x fp32)")
     print("[1/2] environments: datasets, GIFs, gallery")
     collect_every_env(args.out, args.episodes_per_env, args.seed)
     subprocess.run([sys.executable, str(ROOT / "scripts" / "env_gallery.py"), "--out", str(args.out / "env_gallery.png")], check=True)

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 from wmplan.data.dataset import atomic_write_json
 from wmplan.diagnostics import action_sensitivity, denoising_error, plan_tracking, prediction_quality, reference_sampler
+from wmplan.hardware import tune_cpu_allocator
 from wmplan.rollout import WorldModel
 
 
@@ -78,6 +79,7 @@ def format_table(quality: dict[str, Any] | None, sensitivity: dict[str, Any], de
 
 def main(argv: Sequence[str] | None = None) -> Path:
     args = parse_args(argv)
+    tune_cpu_allocator()
     wm = WorldModel.from_checkpoint(args.checkpoint)
     start = time.perf_counter()
     quality = None

@@ -113,13 +113,16 @@ def test_bench_vae_times_a_training_step():
 
 def test_bench_replan_timing_runs():
     bench = load_script("bench_plan")
-    wm = bench.random_world_model(["model=tiny", f"env.resolution={RESOLUTION}", "latent.pixel_size=8"])
-    seconds = bench.time_replan(wm, {"name": "cem", "num_samples": 8, "topk": 2, "iterations": 2},
-                                episodes=2, horizon=3, steps=1, precision="bf16", repeats=1)
-    assert seconds > 0 and math.isfinite(seconds)
-    throughput = bench.forward_throughput(wm, candidates=4, frames=4, precision="fp32", repeats=1)
-    assert throughput["tokens_per_frame"] == (8 // 2) ** 2 + 1  # 4x4 patches + one proprio token
-    assert throughput["tokens_per_s"] > 0
+    wm = bench.random_world_model(["model=tiny", f"env.resolution={RESOLUTION}", "latent.pixel_size=8"], precision="fp32")
+    planner = {"name": "cem", "num_samples": 8, "topk": 2, "iterations": 4}
+    for path, steps in (("legacy", 3), ("default", 2), ("recipe", 1)):
+        seconds = bench.time_replan(wm, planner, episodes=2, horizon=3, path=path, steps=steps, iterations=2)
+        assert seconds > 0 and math.isfinite(seconds)
+        assert bench.rollout_flops(wm, path, steps, horizon=3, candidates=4) > 0
+    # Fewer steps and the context cache cost fewer FLOPs per candidate.
+    assert bench.rollout_flops(wm, "default", 3, 3, 4) > 2.5 * bench.rollout_flops(wm, "default", 1, 3, 4)
+    assert bench.rollout_flops(wm, "default", 1, 3, 4) < bench.rollout_flops(wm, "legacy", 1, 3, 4)
+    assert bench.tokens_per_frame(wm) == (8 // 2) ** 2 + 1  # 4x4 patches + one proprio token
 
 
 def test_denoising_error(wm, dataset):

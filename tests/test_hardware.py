@@ -89,3 +89,17 @@ def test_mujoco_gl_by_platform(system, backend):
 def test_cpu_name_names_the_machine():
     name = hardware.cpu_name()
     assert "cores" in name and len(name) > 8
+
+
+def test_allocator_tuning_applies_on_glibc_once():
+    import platform
+    import sys
+
+    applied = hardware.tune_cpu_allocator()
+    assert applied == (sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc")
+    assert hardware.tune_cpu_allocator() == applied and hardware.tune_cpu_allocator.cache_info().hits >= 1
+    assert (torch.ones(512, 512) @ torch.ones(512, 512)).sum().item() == 512**3  # memory still works
+
+
+def test_matmul_peak_is_positive():
+    assert hardware.matmul_peak(torch.float32, sizes=(64,), seconds=0.01) > 0

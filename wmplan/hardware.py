@@ -10,6 +10,7 @@ clearly faster.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import logging
 import os
@@ -109,6 +110,28 @@ def default_device() -> str:
     if mps is not None and mps.is_available():
         return "mps"
     return "cpu"
+
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
+
+
+@functools.lru_cache(maxsize=None)
+def tune_cpu_allocator() -> bool:
+    """Let glibc reuse large freed buffers instead of unmapping them (Linux; a no-op elsewhere).
+
+    By default glibc serves every buffer over its mmap threshold (at most 32 MiB) with fresh
+    pages and returns them on free, so each model call pays page faults on every large
+    activation again. Raising the mmap and trim thresholds keeps those pages in the heap for
+    the next call: a planning rollout (mini Wall model, 300 candidates, 2 cores) went from
+    0.98 s to 0.57 s. The process keeps its peak heap instead of returning it to the OS.
+    Called once by wmplan's commands; returns whether it applied.
+    """
+    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL("libc.so.6")
+    applied = bool(libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)) and bool(libc.mallopt(M_TRIM_THRESHOLD, (1 << 31) - 1))
+    log.info(f"glibc allocator tuned for large tensors: {applied}")
+    return applied
 
 
 @functools.lru_cache(maxsize=None)

@@ -184,16 +184,18 @@ def episode_seeds(seed: int | Sequence[int] | torch.Tensor, batch: int) -> list[
     return seeds
 
 
-ACTIVATION_BUDGET = 16 * 2**20  # bytes of the largest activation of one CPU model call
+ACTIVATION_BUDGET = 48 * 2**20  # bytes of the largest activation of one CPU model call
 
 
 def resolve_chunk_size(chunk_size: int | str, model: torch.nn.Module, window: int, device: torch.device) -> int:
     """Candidates per model call; ``auto`` bounds the largest activation on the CPU.
 
-    On a CPU, big activations cost more than their FLOPs: each fresh buffer over glibc's mmap
-    threshold is page-faulted in again at every call. Measured (mini Wall model, 300
-    candidates, 1 sampling step, 2 cores): 2.2 s in one call, 0.74 s in chunks of 25 whose
-    largest activation (the MLP's input projection) is ~16 MiB. GPUs take 1024 per call.
+    On a CPU, chunks trade per-op overhead (small) against memory traffic (large). Measured
+    (mini Wall model, 300 candidates, 1 sampling step, 2 cores, ``tune_cpu_allocator``):
+    0.88 s in chunks of 13, 0.57-0.61 s in chunks of 52-100, 0.91 s in one call; the budget
+    gives 78, whose largest activation (the MLP's input projection) is 48 MiB. Without the
+    tuned allocator every fresh buffer over glibc's mmap threshold is page-faulted in again
+    and the best chunks were smaller (26: 0.98 s). GPUs take 1024 per call.
     """
     if chunk_size != "auto":
         if not isinstance(chunk_size, int) or chunk_size < 1:

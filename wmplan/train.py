@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 from torch.utils.data._utils.collate import default_collate
 
 from wmplan.data.dataset import ClipDataset, load_dataset_info
-from wmplan.hardware import lightning_precision
+from wmplan.hardware import lightning_precision, tune_cpu_allocator
 from wmplan.models.codecs import CodecConfig, LatentCodec, build_codec
 from wmplan.module import WorldModelModule
 
@@ -143,6 +143,7 @@ def build_trainer(cfg: DictConfig, out_dir: Path) -> L.Trainer:
 def train(cfg: DictConfig) -> Path:
     """Train (or resume) a world model; returns the path of ``latest.ckpt``."""
     L.seed_everything(cfg.training.seed, workers=True)
+    tune_cpu_allocator()
     torch.set_float32_matmul_precision("high")
     out_dir = Path(cfg.out_dir)
     codec = build_codec(CodecConfig(**cfg.latent))

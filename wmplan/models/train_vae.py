@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
-from wmplan.hardware import autocast, check_precision, default_device
+from wmplan.hardware import autocast, check_precision, default_device, tune_cpu_allocator
 from wmplan.metrics import psnr, ssim
 from wmplan.models.codecs import CodecConfig, build_codec
 
@@ -186,5 +186,6 @@ def _replace_dir(src: Path, dst: Path) -> None:
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="train_vae", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    tune_cpu_allocator()
     train_cfg = VAETrainConfig(**OmegaConf.to_container(cfg.train, resolve=True))
     print(json.dumps(train_vae(cfg.dataset, cfg.out_dir, train_cfg)))

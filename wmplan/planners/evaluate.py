@@ -20,6 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from wmplan.envs import make
+from wmplan.hardware import tune_cpu_allocator
 from wmplan.planners import build_objective, build_planner
 from wmplan.planners.mpc import plan_horizons, run_mpc, sample_episodes, save_videos, summary_line, write_results
 from wmplan.planners.oracle import EnvDistance, OracleModel
@@ -83,6 +84,7 @@ def check_frame_weights(cfg: DictConfig) -> None:
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Run the MPC protocol of ``cfg``; returns the results dict that was written."""
     torch.manual_seed(cfg.seed)
+    tune_cpu_allocator()
     check_frame_weights(cfg)
     env = make(cfg.env.id, frameskip=cfg.env.frameskip, resolution=cfg.env.resolution, **cfg.env.env_kwargs)
     episodes = episodes_for(cfg, env)
