@@ -12,9 +12,9 @@ Three rollout paths of the same model, timed side by side in one run:
 - ``default``: ``configs/plan.yaml``'s sampler (context cache, per-episode noise shared by the
   candidates) at its step count;
 - ``recipe``: the recommended planning recipe, the default path at ``--recipe-steps`` steps.
-A replan is one ``planner.plan`` call for all episodes together. Settings whose full replan
-would run for minutes (``cem_dino_wm``'s 30 iterations) time ``--iterations`` CEM iterations
-and scale up, and say so. FLOPs (matmuls and attention, ``FlopCounterMode``) are counted on a
+A replan is one ``planner.plan`` call for all episodes together. Replans that would run
+longer than ``--max-seconds`` are timed over one CEM iteration and scaled to the planner's
+iteration count, and the table says so. FLOPs (matmuls and attention, ``FlopCounterMode``) are counted on a
 small rollout and scaled per candidate. The legacy path is timed first, with glibc's default
 allocator, as it ran before; the others after ``tune_cpu_allocator``. The last line is
 ``speedup: <N>x``: the legacy path's seconds per replan over the default path's, the smallest
@@ -140,23 +140,32 @@ def rollout_flops(wm: WorldModel, path: str, steps: int, horizon: int, candidate
 
 @torch.no_grad()
 def time_replan(wm: WorldModel, planner_cfg: dict[str, Any], episodes: int, horizon: int, path: str,
-                steps: int, iterations: int | None = None, seed: int = 0) -> float:
-    """Seconds of one ``planner.plan`` call for ``episodes`` episodes along ``path``.
+                steps: int, max_seconds: float = 60.0, seed: int = 0) -> tuple[float, int]:
+    """Seconds of one ``planner.plan`` call for ``episodes`` episodes along ``path``, and the
+    CEM iterations actually timed.
 
-    With ``iterations`` smaller than the planner's, that many iterations are timed and the
-    time is scaled to the full count (CEM iterations all cost the same).
+    One iteration is timed first; when the full replan would take more than ``max_seconds``
+    that time is scaled to the planner's iteration count (CEM iterations all cost the same),
+    else the full replan is timed.
     """
-    full = int(planner_cfg.get("iterations", 1))
-    run = min(full, iterations or full)
-    planner = build_planner({**planner_cfg, "iterations": run})
     context, goal = start_and_goal(wm, episodes, seed)
     objective = build_objective(compose_config("plan", []).objective)
     rollout = rollout_fn(wm, context, path, steps)
     rollout(torch.zeros(episodes, 2, horizon, wm.action_dim))  # untimed warm-up: one-time kernel set-up
-    generators = [torch.Generator().manual_seed(stream_seed(seed, b)) for b in range(episodes)]
-    start = time.perf_counter()
-    planner.plan(rollout, objective, goal, episodes, horizon, wm.action_dim, None, generators, frameskip=wm.frameskip)
-    return (time.perf_counter() - start) * full / run
+    full = int(planner_cfg.get("iterations", 1))
+
+    def run(iterations: int) -> float:
+        planner = build_planner({**planner_cfg, "iterations": iterations})
+        generators = [torch.Generator().manual_seed(stream_seed(seed, b)) for b in range(episodes)]
+        start = time.perf_counter()
+        planner.plan(rollout, objective, goal, episodes, horizon, wm.action_dim, None, generators,
+                     frameskip=wm.frameskip)
+        return time.perf_counter() - start
+
+    one = run(1)
+    if full == 1 or one * full > max_seconds:
+        return one * full, 1
+    return run(full), full
 
 
 def planner_settings(quick: bool) -> list[tuple[str, dict[str, Any]]]:
@@ -179,9 +188,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--horizon", type=int, default=5)
     p.add_argument("--recipe-steps", type=int, default=1, help="sampling steps of the recommended recipe")
     p.add_argument("--precision", default="auto", help="auto | bf16 | fp32")
-    p.add_argument("--iterations", type=int, default=1,
-                   help="CEM iterations timed for planners with more than --full-below iterations")
-    p.add_argument("--full-below", type=int, default=10, help="planners with fewer iterations are timed in full")
+    p.add_argument("--max-seconds", type=float, default=60.0,
+                   help="replans estimated longer than this are timed over one CEM iteration and scaled")
     p.add_argument("--quick", action="store_true", help="tiny model, 1 episode, cem only")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -224,27 +232,26 @@ def main(argv: Sequence[str] | None = None) -> None:
           f"{args.recipe_steps} step(s)")
     # The legacy path runs first, before the allocator is tuned: that is how it ran before.
     cells = [(label, cfg, episodes) for label, cfg in planner_settings(args.quick) for episodes in args.episodes]
-    times: dict[tuple[str, int, str], float] = {}
+    times: dict[tuple[str, int, str], tuple[float, int]] = {}
     for path in PATHS:
         if path != "legacy":
             tune_cpu_allocator()
         for label, planner_cfg, episodes in cells:
-            iterations = None if planner_cfg["iterations"] < args.full_below else args.iterations
             times[(label, episodes, path)] = time_replan(wm, planner_cfg, episodes, args.horizon, path, steps[path],
-                                                         iterations, args.seed)
+                                                         args.max_seconds, args.seed)
     print(f"\n{'planner':<22} {'episodes':>8} {'path':>8} {'steps':>5} {'s/replan':>10} {'rollouts/s':>11} "
           f"{'GFLOP/s':>8} {'of peak':>8}")
     speedups: dict[tuple[str, int], dict[str, float]] = {}
     for label, planner_cfg, episodes in cells:
         full = planner_cfg["iterations"]
-        note = "" if full < args.full_below else f"  (x{full / min(full, args.iterations):g} from {args.iterations} iteration(s))"
         for path in PATHS:
-            seconds = times[(label, episodes, path)]
+            seconds, timed = times[(label, episodes, path)]
+            note = "" if timed == full else f"  (1 iteration timed, x{full})"
             rollouts = episodes * planner_cfg["num_samples"] * full
             gflops = flops[path] * rollouts / seconds / 1e9
             print(f"{label:<22} {episodes:>8} {path:>8} {steps[path]:>5} {seconds:>10.2f} {rollouts / seconds:>11.0f} "
                   f"{gflops:>8.0f} {gflops / peak:>8.2f}{note}")
-        speedups[(label, episodes)] = {p: times[(label, episodes, "legacy")] / times[(label, episodes, p)]
+        speedups[(label, episodes)] = {p: times[(label, episodes, "legacy")][0] / times[(label, episodes, p)][0]
                                        for p in ("default", "recipe")}
     print()
     for (label, episodes), s in speedups.items():

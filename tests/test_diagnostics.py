@@ -116,8 +116,10 @@ def test_bench_replan_timing_runs():
     wm = bench.random_world_model(["model=tiny", f"env.resolution={RESOLUTION}", "latent.pixel_size=8"], precision="fp32")
     planner = {"name": "cem", "num_samples": 8, "topk": 2, "iterations": 4}
     for path, steps in (("legacy", 3), ("default", 2), ("recipe", 1)):
-        seconds = bench.time_replan(wm, planner, episodes=2, horizon=3, path=path, steps=steps, iterations=2)
-        assert seconds > 0 and math.isfinite(seconds)
+        seconds, timed = bench.time_replan(wm, planner, episodes=2, horizon=3, path=path, steps=steps)
+        assert seconds > 0 and math.isfinite(seconds) and timed == 4
+        scaled, timed = bench.time_replan(wm, planner, episodes=2, horizon=3, path=path, steps=steps, max_seconds=0)
+        assert scaled > 0 and timed == 1
         assert bench.rollout_flops(wm, path, steps, horizon=3, candidates=4) > 0
     # Fewer steps and the context cache cost fewer FLOPs per candidate.
     assert bench.rollout_flops(wm, "default", 3, 3, 4) > 2.5 * bench.rollout_flops(wm, "default", 1, 3, 4)

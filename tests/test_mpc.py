@@ -240,3 +240,12 @@ def test_world_model_gets_per_episode_seeds(episodes):
             lambda c: again.append(c["seeds"].tolist()) or oracle.make_rollout_fn(c), episodes[1:2],
             budget_env_steps=40, horizon=4, seed=3, episode_ids=[9])
     assert [s[0] for s in again] == [s[1] for s in seen]
+
+
+def test_wilson_interval():
+    from wmplan.planners.mpc import wilson_interval
+
+    low, high = wilson_interval(48, 50)  # 0.96 over 50 episodes
+    assert low == pytest.approx(0.865, abs=0.005) and high == pytest.approx(0.989, abs=0.005)
+    assert wilson_interval(0, 20)[0] == 0.0 and wilson_interval(20, 20)[1] == 1.0
+    assert wilson_interval(47, 50)[0] < 0.96 < wilson_interval(47, 50)[1]  # 0.94 and 0.96 overlap

@@ -176,7 +176,7 @@ def episode_seeds(seed: int | Sequence[int] | torch.Tensor, batch: int) -> list[
     """``batch`` per-episode seeds: given as a sequence, or hashed from one int per position."""
     if isinstance(seed, torch.Tensor):
         seed = seed.tolist()
-    if isinstance(seed, int):
+    if isinstance(seed, (int, np.integer)):
         return [stream_seed(seed, b) for b in range(batch)]
     seeds = [int(x) for x in seed]
     if len(seeds) != batch:

@@ -255,12 +255,22 @@ def execute(
 
 
 # -- outputs ---------------------------------------------------------------------------
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a success rate: 50 episodes cannot separate 0.94 from 0.96."""
+    p = successes / n
+    centre = (p + z**2 / (2 * n)) / (1 + z**2 / n)
+    half = z * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / (1 + z**2 / n)
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
 def summarize(records: Sequence[EpisodeRecord]) -> dict[str, float]:
     """Aggregate numbers; ``success_rate`` is success at the end (the main number)."""
     plan_times = [t for r in records[:1] for t in r.plan_times]  # replans are shared by the batch
+    successes = sum(r.success for r in records)
     return {
         "episodes": len(records),
         "success_rate": float(np.mean([r.success for r in records])),
+        "success_ci95": wilson_interval(successes, len(records)),
         "success_rate_any": float(np.mean([r.success_any for r in records])),
         "mean_final_distance": float(np.mean([r.distances[-1] for r in records])),
         "mean_min_distance": float(np.mean([min(r.distances) for r in records])),
@@ -320,7 +330,8 @@ def save_videos(
 def summary_line(records: Sequence[EpisodeRecord], label: str = "") -> str:
     s = summarize(records)
     return (
-        f"{label + ': ' if label else ''}success {s['success_rate']:.2f} (any step {s['success_rate_any']:.2f}) "
+        f"{label + ': ' if label else ''}success {s['success_rate']:.2f} [95% CI {s['success_ci95'][0]:.2f}-"
+        f"{s['success_ci95'][1]:.2f}] (any step {s['success_rate_any']:.2f}) "
         f"| final dist {s['mean_final_distance']:.3g} (min {s['mean_min_distance']:.3g}) "
         f"| {s['plan_time_mean_s']:.2f} s/replan x {s['replans']} | {s['episodes']} episodes"
     )
