@@ -288,7 +288,7 @@ def test_batched_guidance_equals_two_passes() -> None:
                   for s in (slice(0, half), slice(half, None))]
         return torch.cat([h[0] for h in halves]), None
 
-    two_passes.cache_context = model.cache_context
+    two_passes.cache_context, two_passes.supports_context_cache = model.cache_context, True
     with torch.no_grad():
         separate, _ = generate(two_passes, diffusion, context, None, actions, cfg, 4, torch.Generator().manual_seed(0))
     torch.testing.assert_close(batched, separate, atol=1e-5, rtol=1e-5)
@@ -396,3 +396,22 @@ def test_candidates_share_their_contexts_randomness() -> None:
             torch.testing.assert_close(together[1][i : i + 1], alone[1], atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="candidates"):
         generate(model, diffusion, context, context_proprio, actions[:-1], cfg, 3, torch.Generator(), candidates=S)
+
+
+def test_non_causal_model_samples_without_the_cache() -> None:
+    """A bidirectional NanoWM cannot cache its context: sampling runs full windows instead."""
+    from wmplan.models.nanowm import NanoWM, nanowm_config
+
+    cfg = nanowm_config("tiny", patch_size=1, latent_channels=C, latent_size=HW, action_dim=AW, causal=False)
+    model = NanoWM(cfg).eval()
+    assert not model.supports_context_cache
+    context, _, actions = inputs(horizon=3)
+    diffusion = make("v_cosine_ztsnr")
+    with torch.no_grad():
+        cached, _ = generate(model, diffusion, context, None, actions, sampler(diffusion, steps=2), 4,
+                             torch.Generator().manual_seed(0))
+        full, _ = generate(model, diffusion, context, None, actions,
+                           sampler(diffusion, steps=2, context_cache=False), 4, torch.Generator().manual_seed(0))
+    assert torch.equal(cached, full)
+    with pytest.raises(ValueError, match="causal"):
+        model.cache_context(context, torch.zeros(3, 1), torch.zeros(3, 1, AW))

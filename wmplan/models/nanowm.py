@@ -273,6 +273,11 @@ class NanoWM(nn.Module):
         out_proprio = self.proprio_out(tokens[:, :, N]) if self.proprio_out is not None else None
         return out, out_proprio
 
+    @property
+    def supports_context_cache(self) -> bool:
+        """Context frames can be run once and cached only when temporal attention is causal."""
+        return self.cfg.causal
+
     def cache_context(self, x: Tensor, t: Tensor, actions: Tensor, proprio: Tensor | None = None) -> ContextCache:
         """Run context frames x [B, Tc, C, h, w] (levels t [B, Tc], actions [B, Tc, Aw], proprio
         [B, Tc, P]) once and keep every temporal block's keys and values for ``forward(past=)``."""

@@ -134,8 +134,8 @@ def _denoise_window(
 
     context: per state [Bc, Tc, ...] (latents, then proprio if any), stabilized at the context
     noise level; new: per state [B, Tn, ...] pure noise, with B = r * Bc (row i continues
-    context row i // r); actions [B, Tc + Tn, Aw]. With ``cfg.context_cache`` (and a model that
-    has ``cache_context``) the context runs once, at batch Bc, and every model call sees only
+    context row i // r); actions [B, Tc + Tn, Aw]. With ``cfg.context_cache`` (and a model whose
+    ``supports_context_cache`` is true: a causal NanoWM) the context runs once, at batch Bc, and every model call sees only
     the new frames. Returns (the window's states [B, Tc + Tn, ...] with finished frames
     stabilized, the clean new frames [B, Tn, ...] per state).
     """
@@ -147,7 +147,7 @@ def _denoise_window(
     t_model = torch.where(levels.to(device) == 0, t_context, t_step)  # finished frames sit at the context level
     expanded = [c.repeat_interleave(repeats, dim=0) for c in context]  # [B, Tc, ...]
     past = None
-    if cfg.context_cache and hasattr(model, "cache_context"):
+    if cfg.context_cache and getattr(model, "supports_context_cache", False):
         ctx_t = t_context.expand(context[0].shape[:2])
         past = model.cache_context(context[0], ctx_t, actions[::repeats, :n_ctx], *context[1:])
         past = past.repeat_interleave(repeats).tile(1 if cfg.guidance_scale == 1.0 else 2)
