@@ -228,8 +228,9 @@ def join_chunks(parts: list[torch.Tensor], episodes: int, candidates: int) -> to
     return torch.cat([torch.cat(parts[e * per_episode:(e + 1) * per_episode], 1) for e in range(episodes)])
 
 
-def planning_sampler(objective: str, steps: int = 3) -> SamplerConfig:
-    """The planning default: all future frames denoised together in a few steps."""
+def planning_sampler(objective: str, steps: int = 1) -> SamplerConfig:
+    """The planning default (``configs/plan.yaml``): all future frames denoised together in
+    one step, the model's direct prediction of the clean frames from pure noise."""
     return SamplerConfig(
         sampler="euler" if objective == "flow" else "ddim", steps=steps, eta=0.0,
         schedule="full_sequence", guidance_scale=1.0, context_noise_level=0.02,
