@@ -115,7 +115,7 @@ def test_bench_replan_timing_runs():
     bench = load_script("bench_plan")
     wm = bench.random_world_model(["model=tiny", f"env.resolution={RESOLUTION}", "latent.pixel_size=8"], precision="fp32")
     planner = {"name": "cem", "num_samples": 8, "topk": 2, "iterations": 4}
-    for path, steps in (("legacy", 3), ("default", 2), ("recipe", 1)):
+    for path, steps in (("legacy", 3), ("cached", 3), ("default", 1)):
         seconds, timed = bench.time_replan(wm, planner, episodes=2, horizon=3, path=path, steps=steps)
         assert seconds > 0 and math.isfinite(seconds) and timed == 4
         scaled, timed = bench.time_replan(wm, planner, episodes=2, horizon=3, path=path, steps=steps, max_seconds=0)
