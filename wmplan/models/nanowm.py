@@ -192,7 +192,7 @@ class ContextCache:
 
     def repeat_interleave(self, repeats: int) -> "ContextCache":
         """Each row ``repeats`` times in a row: ``[B, ...]`` -> ``[B * repeats, ...]``."""
-        return self.map(lambda x: x.repeat_interleave(repeats, dim=0))
+        return self if repeats == 1 else self.map(lambda x: x.repeat_interleave(repeats, dim=0))
 
     def tile(self, times: int) -> "ContextCache":
         """The whole batch ``times`` times: ``[B, ...]`` -> ``[times * B, ...]``."""

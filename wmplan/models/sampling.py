@@ -150,7 +150,9 @@ def _denoise_window(
     if cfg.context_cache and getattr(model, "supports_context_cache", False):
         ctx_t = t_context.expand(context[0].shape[:2])
         past = model.cache_context(context[0], ctx_t, actions[::repeats, :n_ctx], *context[1:])
-        past = past.repeat_interleave(repeats).tile(1 if cfg.guidance_scale == 1.0 else 2)
+        past = past.repeat_interleave(repeats)
+        if cfg.guidance_scale != 1.0:  # guidance runs [conditional; unconditional] rows
+            past = past.tile(2)
     states, clean = list(new), [[] for _ in new]
     for r in range(levels.shape[0] - 1):
         changing = (levels[r] != levels[r + 1]).nonzero()[:, 0]
