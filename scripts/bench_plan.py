@@ -11,7 +11,9 @@ Three rollout paths of the same model, timed side by side in one run:
   every model call, one noise generator per candidate;
 - ``cached``: the new path (context cache, per-episode noise shared by the candidates, tuned
   allocator) at the legacy path's 3 steps: what the cache and batching alone give;
-- ``default``: the new path at ``configs/plan.yaml``'s step count (1): the recommended recipe.
+- ``default``: the new path at ``configs/plan.yaml``'s step count (1);
+- ``recipe`` (with ``--recipe-checkpoint``): the default path on another model, e.g. one with
+  fewer tokens per frame (``experiment=wall_vae model.patch_size=8``).
 A replan is one ``planner.plan`` call for all episodes together. Replans that would run
 longer than ``--max-seconds`` are timed over one CEM iteration and scaled to the planner's
 iteration count, and the table says so. FLOPs (matmuls and attention, ``FlopCounterMode``) are counted on a
@@ -182,6 +184,7 @@ def planner_settings(quick: bool) -> list[tuple[str, dict[str, Any]]]:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", help="a trained world model (default: random weights from --model/--experiment)")
+    p.add_argument("--recipe-checkpoint", help="a second world model timed on the default path as 'recipe'")
     p.add_argument("--model", default="mini", help="configs/model/<name> (mini, tiny, nanowm_s2, ...)")
     p.add_argument("--experiment", default="wall", help="configs/experiment/<name>: env and latent shape")
     p.add_argument("--override", nargs="*", default=[], help="extra train-config overrides, e.g. latent.pixel_size=8")
@@ -225,26 +228,31 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"world model: {args.checkpoint or f'model={args.model} experiment={args.experiment} (random weights)'} | "
           f"{params / 1e6:.2f}M parameters | {tokens_per_frame(wm)} tokens/frame | window {wm.window} | "
           f"horizon {args.horizon}")
-    steps = {"legacy": LEGACY_STEPS, "cached": LEGACY_STEPS, "default": default_steps}
-    flops = {path: rollout_flops(wm, path, steps[path], args.horizon) for path in PATHS}
+    steps = {"legacy": LEGACY_STEPS, "cached": LEGACY_STEPS, "default": default_steps, "recipe": default_steps}
+    models = dict.fromkeys(PATHS, wm)  # path -> (world model, code path)
+    if args.recipe_checkpoint:
+        models["recipe"] = WorldModel.from_checkpoint(args.recipe_checkpoint, precision=args.precision)
+        print(f"recipe: {args.recipe_checkpoint} | {tokens_per_frame(models['recipe'])} tokens/frame")
+    code = {path: "default" if path == "recipe" else path for path in models}
+    flops = {path: rollout_flops(models[path], code[path], steps[path], args.horizon) for path in models}
     print(f"paths: legacy = {LEGACY_STEPS} steps, no context cache, per-candidate noise, default allocator | "
           f"cached = {LEGACY_STEPS} steps, context cache, shared noise, tuned allocator | default = the same at "
           f"plan.yaml's {default_steps} step(s)")
     # The legacy path runs first, before the allocator is tuned: that is how it ran before.
     cells = [(label, cfg, episodes) for label, cfg in planner_settings(args.quick) for episodes in args.episodes]
     times: dict[tuple[str, int, str], tuple[float, int]] = {}
-    for path in PATHS:
+    for path in models:
         if path != "legacy":
             tune_cpu_allocator()
         for label, planner_cfg, episodes in cells:
-            times[(label, episodes, path)] = time_replan(wm, planner_cfg, episodes, args.horizon, path, steps[path],
-                                                         args.max_seconds, args.seed)
+            times[(label, episodes, path)] = time_replan(models[path], planner_cfg, episodes, args.horizon, code[path],
+                                                         steps[path], args.max_seconds, args.seed)
     print(f"\n{'planner':<22} {'episodes':>8} {'path':>8} {'steps':>5} {'s/replan':>10} {'rollouts/s':>11} "
           f"{'GFLOP/s':>8} {'of peak':>8}")
     speedups: dict[tuple[str, int], dict[str, float]] = {}
     for label, planner_cfg, episodes in cells:
         full = planner_cfg["iterations"]
-        for path in PATHS:
+        for path in models:
             seconds, timed = times[(label, episodes, path)]
             note = "" if timed == full else f"  (1 iteration timed, x{full})"
             rollouts = episodes * planner_cfg["num_samples"] * full
@@ -252,11 +260,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"{label:<22} {episodes:>8} {path:>8} {steps[path]:>5} {seconds:>10.2f} {rollouts / seconds:>11.0f} "
                   f"{gflops:>8.0f} {gflops / peak:>8.2f}{note}")
         speedups[(label, episodes)] = {p: times[(label, episodes, "legacy")][0] / times[(label, episodes, p)][0]
-                                       for p in ("cached", "default")}
+                                       for p in models if p != "legacy"}
     print()
     for (label, episodes), s in speedups.items():
-        print(f"speedup over legacy, {label}, {episodes} episode(s): cached {s['cached']:.1f}x, "
-              f"default {s['default']:.1f}x")
+        print(f"speedup over legacy, {label}, {episodes} episode(s): "
+              + ", ".join(f"{p} {x:.1f}x" for p, x in s.items()))
     largest = max(args.episodes)
     print(f"speedup: {min(s['default'] for (_, e), s in speedups.items() if e == largest):.1f}x")
 
