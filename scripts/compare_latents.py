@@ -130,7 +130,7 @@ def plan_with(name: str, checkpoint: Path, resolution: int, args: argparse.Names
 
 
 def quality_of(wm: WorldModel, args: argparse.Namespace) -> dict[str, Any] | None:
-    """SPEC §3 prediction quality, for codecs that decode."""
+    """docs/REFERENCE.md §3 prediction quality, for codecs that decode."""
     if not wm.module.codec.can_decode or args.eval_clips < 1:
         return None
     sampler = reference_sampler(wm, steps=args.eval_steps)

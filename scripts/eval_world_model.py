@@ -1,4 +1,4 @@
-"""Evaluate a world-model checkpoint: prediction quality (SPEC §3), action sensitivity, the
+"""Evaluate a world-model checkpoint: prediction quality (docs/REFERENCE.md §3), action sensitivity, the
 denoiser's error per noise level, and open-loop tracking of held-action plans in the true env.
 
     python scripts/eval_world_model.py --checkpoint outputs/train/wall/checkpoints/latest.ckpt \

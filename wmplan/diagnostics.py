@@ -1,4 +1,4 @@
-"""World-model diagnostics: prediction quality (SPEC §3 protocol), action sensitivity, the
+"""World-model diagnostics: prediction quality (docs/REFERENCE.md §3 protocol), action sensitivity, the
 denoiser's error per noise level, and open-loop tracking of planner-style plans in the env.
 
     wm = WorldModel.from_checkpoint("outputs/train/wall/checkpoints/latest.ckpt")
@@ -110,7 +110,7 @@ def summarize_scores(scores: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
 def prediction_quality(wm: WorldModel, dataset_path: str | Path, n_clips: int = 256, context: int = 1,
                        predicted: int = 3, seed: int = 42, sampler: SamplerConfig | None = None,
                        batch_size: int = 64) -> dict[str, Any]:
-    """PSNR / SSIM of decoded predictions on the predicted frames only (SPEC §3 protocol).
+    """PSNR / SSIM of decoded predictions on the predicted frames only (docs/REFERENCE.md §3 protocol).
 
     ``model``: predictions from ``context`` true frames and the true actions; ``copy_last``:
     the last context frame repeated, on the same frames; ``reconstruction``: the codec's
@@ -147,7 +147,7 @@ def action_variants(actions: torch.Tensor, seed: int) -> dict[str, torch.Tensor]
 def action_sensitivity(wm: WorldModel, dataset_path: str | Path, n_clips: int = 256, seed: int = 42,
                        predicted: int = 3, sampler: SamplerConfig | None = None,
                        batch_size: int = 64) -> dict[str, Any]:
-    """Does the model listen to its actions? (SPEC §3 action-sensitivity diagnostic.)
+    """Does the model listen to its actions? (docs/REFERENCE.md §3 action-sensitivity diagnostic.)
 
     From one true context frame, roll out ``predicted`` frames under ground-truth, zero and
     random actions (same sampling noise for all three) and report the latent MSE of the final

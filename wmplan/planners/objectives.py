@@ -5,7 +5,7 @@ Terms (each ``term(pred, goal, actions) -> [B, S]``):
   latents and the goal latent, on the last frame, all frames or custom per-frame weights,
   optionally averaged over several *views* of both (average-pool pyramid levels, Gaussian
   blurs). A plain distance in pixel or VAE-latent space goes flat once the object no longer
-  overlaps its goal; blurred views overlap again and keep a slope (SPEC §1). Measured with a
+  overlaps its goal; blurred views overlap again and keep a slope (docs/REFERENCE.md §1). Measured with a
   perfect pixel model on Wall (hard goals, CEM 64 x 5, 10 episodes): last-frame pixel MSE
   0.10 success, ``multiscale_blur`` (nmse) 0.30, ``multiscale_pyramid`` 0.10.
 - ``ProprioDistance``: MSE between predicted and goal proprio (DINO-WM's alpha term).
