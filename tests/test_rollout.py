@@ -208,3 +208,19 @@ def test_precision_auto_resolves(checkpoint, monkeypatch):
         monkeypatch.setattr(hardware, "bf16_speedup", lambda kind="cpu", size=256, s=speedup: s)
         assert WorldModel.from_checkpoint(checkpoint).precision == expected
     assert WorldModel.from_checkpoint(checkpoint, precision="bf16").precision == "bf16"  # explicit wins
+
+
+def test_chunk_size_auto_and_bad_values(checkpoint):
+    from wmplan.rollout import ACTIVATION_BUDGET, resolve_chunk_size
+
+    wm = WorldModel.from_checkpoint(checkpoint, precision="fp32")
+    m = wm.model.cfg
+    h, w = m.latent_hw
+    tokens = (h // m.patch_size) * (w // m.patch_size) + int(m.proprio_dim > 0)
+    per_candidate = wm.window * tokens * 2 * int(m.mlp_ratio * m.width) * 4
+    assert wm.chunk_size == max(1, ACTIVATION_BUDGET // per_candidate)
+    assert resolve_chunk_size("auto", wm.model, wm.window, torch.device("cuda")) == 1024
+    assert WorldModel.from_checkpoint(checkpoint, chunk_size=7).chunk_size == 7
+    for bad in (0, -3, "fast", 2.5):
+        with pytest.raises(ValueError, match="chunk_size"):
+            WorldModel.from_checkpoint(checkpoint, chunk_size=bad)
