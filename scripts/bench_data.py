@@ -56,7 +56,7 @@ def bench_clips(args, out: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--env", default="wall", help="a configs/env name")
+    parser.add_argument("--env", default="wall", help="a wmplan/configs/env name")
     parser.add_argument("--episodes", type=int, default=40)
     parser.add_argument("--resolution", type=int, default=64)
     parser.add_argument("--frames", type=int, default=4, help="frames per clip")

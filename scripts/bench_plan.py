@@ -11,7 +11,7 @@ Three rollout paths of the same model, timed side by side in one run:
   every model call, one noise generator per candidate;
 - ``cached``: the new path (context cache, per-episode noise shared by the candidates, tuned
   allocator) at the legacy path's 3 steps: what the cache and batching alone give;
-- ``default``: the new path at ``configs/plan.yaml``'s step count (1);
+- ``default``: the new path at ``wmplan/configs/plan.yaml``'s step count (1);
 - ``recipe`` (with ``--recipe-checkpoint``): the default path on another model, e.g. one with
   fewer tokens per frame (``experiment=wall_vae model.patch_size=8``).
 A replan is one ``planner.plan`` call for all episodes together. Replans that would run
@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import time
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -36,6 +35,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
+from wmplan.config_dir import CONFIG_DIR
 from wmplan.envs import make
 from wmplan.hardware import autocast, bf16_speedup, cpu_name, matmul_peak, tune_cpu_allocator
 from wmplan.models.codecs import CodecConfig, build_codec
@@ -45,15 +45,14 @@ from wmplan.planners import build_objective, build_planner
 from wmplan.planners.mpc import obs_batch, observe, sample_episodes
 from wmplan.rollout import WorldModel
 from wmplan.seeding import stream_seed
-from wmplan.train import CONFIG_DIR
 
 LEGACY_STEPS = 3
 PATHS = ("legacy", "cached", "default")
 
 
 def compose_config(name: str, overrides: Sequence[str]) -> DictConfig:
-    """A Hydra config of ``configs/`` composed outside a Hydra app."""
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+    """A Hydra config of ``wmplan/configs/`` composed outside a Hydra app."""
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         return compose(name, overrides=list(overrides))
 
 
@@ -64,7 +63,7 @@ def make_env(cfg: DictConfig):
 
 
 def plan_sampler(wm: WorldModel, steps: int | None = None) -> SamplerConfig:
-    """``configs/plan.yaml``'s sampler for this model's objective, at ``steps`` if given."""
+    """``wmplan/configs/plan.yaml``'s sampler for this model's objective, at ``steps`` if given."""
     sampler = OmegaConf.to_container(compose_config("plan", []).sampler)
     sampler["sampler"] = "euler" if wm.module.cfg.diffusion.objective == "flow" else "ddim"
     return SamplerConfig(**{**sampler, **({} if steps is None else {"steps": steps})})
@@ -176,7 +175,7 @@ def planner_settings(quick: bool) -> list[tuple[str, dict[str, Any]]]:
     names = ("cem",) if quick else ("cem", "cem_dino_wm")
     settings = []
     for name in names:
-        cfg = OmegaConf.to_container(OmegaConf.load(Path(CONFIG_DIR) / "planner" / f"{name}.yaml"))
+        cfg = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "planner" / f"{name}.yaml"))
         settings.append((f"{name} {cfg['num_samples']}x{cfg['iterations']}", cfg))
     return settings
 
@@ -185,8 +184,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", help="a trained world model (default: random weights from --model/--experiment)")
     p.add_argument("--recipe-checkpoint", help="a second world model timed on the default path as 'recipe'")
-    p.add_argument("--model", default="mini", help="configs/model/<name> (mini, tiny, nanowm_s2, ...)")
-    p.add_argument("--experiment", default="wall", help="configs/experiment/<name>: env and latent shape")
+    p.add_argument("--model", default="mini", help="wmplan/configs/model/<name> (mini, tiny, nanowm_s2, ...)")
+    p.add_argument("--experiment", default="wall", help="wmplan/configs/experiment/<name>: env and latent shape")
     p.add_argument("--override", nargs="*", default=[], help="extra train-config overrides, e.g. latent.pixel_size=8")
     p.add_argument("--episodes", type=int, nargs="+", default=[1, 50], help="episodes planned together per replan")
     p.add_argument("--horizon", type=int, default=5)

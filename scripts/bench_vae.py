@@ -1,7 +1,7 @@
 """Training speed of the `trained_vae` codec (wmplan-train-vae): seconds per step, bf16 vs fp32.
 
 One step = encode, sample, decode, L1 + KL loss, backward, AdamW, on random 64 px frames with
-the default VAETrainConfig (configs/train_vae.yaml), through the same `_fit` loop training uses.
+the default VAETrainConfig (wmplan/configs/train_vae.yaml), through the same `_fit` loop training uses.
 
     .venv/bin/python scripts/bench_vae.py [--steps 3 --batch 32 --size 64]
 """

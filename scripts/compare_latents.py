@@ -24,29 +24,30 @@ from typing import Any, Sequence
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
+from wmplan.config_dir import CONFIG_DIR
 from wmplan.data.dataset import atomic_write_json, load_dataset_info
 from wmplan.diagnostics import plan_tracking, prediction_quality, reference_sampler
 from wmplan.models.codecs import CODEC_NAMES, CodecConfig, build_codec
 from wmplan.models.train_vae import VAETrainConfig, train_vae
 from wmplan.planners.evaluate import evaluate
 from wmplan.rollout import WorldModel
-from wmplan.train import CONFIG_DIR, train
+from wmplan.train import train
 
 
 def compose_config(name: str, overrides: Sequence[str]) -> DictConfig:
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         return compose(name, overrides=list(overrides))
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--env", default="wall", help="configs/env/<name>")
+    p.add_argument("--env", default="wall", help="wmplan/configs/env/<name>")
     p.add_argument("--dataset", type=Path, default=None, help="collected dataset (default data/<env>)")
-    p.add_argument("--experiment", default=None, help="configs/experiment/<name> recipe (default: <env> if it exists; 'none' for none)")
+    p.add_argument("--experiment", default=None, help="wmplan/configs/experiment/<name> recipe (default: <env> if it exists; 'none' for none)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default outputs/compare_latents/<env>)")
     p.add_argument("--steps", type=int, default=2000, help="world-model training steps, the same for every codec")
     p.add_argument("--vae-steps", type=int, default=None,
-                   help="steps for the trained_vae codec when it must be trained (default: configs/train_vae.yaml)")
+                   help="steps for the trained_vae codec when it must be trained (default: wmplan/configs/train_vae.yaml)")
     p.add_argument("--vae-dir", type=Path, default=None, help="trained_vae folder (default outputs/vae/<env>)")
     p.add_argument("--dino", type=Path, default=None, help="local DINOv2 weights folder: adds the dino codec")
     p.add_argument("--vjepa", type=Path, default=None, help="local V-JEPA 2 weights folder: adds the vjepa codec")
@@ -163,7 +164,7 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     args.out = args.out or Path("outputs/compare_latents") / args.env
     args.vae_dir = args.vae_dir or Path("outputs/vae") / args.env
     if args.experiment is None:
-        args.experiment = args.env if (Path(CONFIG_DIR) / "experiment" / f"{args.env}.yaml").is_file() else "none"
+        args.experiment = args.env if (CONFIG_DIR / "experiment" / f"{args.env}.yaml").is_file() else "none"
     if not args.dataset.is_dir():
         raise FileNotFoundError(f"dataset {args.dataset} not found: collect it with wmplan-collect env={args.env}")
     return args

@@ -25,12 +25,13 @@ from pathlib import Path  # noqa: E402
 
 from hydra import compose, initialize_config_dir  # noqa: E402
 
+from wmplan.config_dir import CONFIG_DIR  # noqa: E402
 from wmplan.data.collect import collect  # noqa: E402
 from wmplan.data.dataset import iter_episodes  # noqa: E402
 from wmplan.envs.config import load_env_config  # noqa: E402
 from wmplan.hardware import bf16_speedup, cpu_name, resolve_precision, tune_cpu_allocator  # noqa: E402
 from wmplan.planners.evaluate import evaluate  # noqa: E402
-from wmplan.train import CONFIG_DIR, train  # noqa: E402
+from wmplan.train import train  # noqa: E402
 from wmplan.video import save_video  # noqa: E402
 
 ENVS = ("pusht", "pointmaze_umaze", "wall", "rope", "granular")
@@ -49,7 +50,7 @@ def collect_every_env(out: Path, episodes: int, seed: int) -> None:
 
 
 def compose_config(name: str, overrides: list[str]):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         return compose(name, overrides=overrides)
 
 

@@ -12,6 +12,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 import wmplan.train
+from wmplan.config_dir import CONFIG_DIR
 from wmplan.data.collect import collect
 from wmplan.envs.config import load_env_config
 
@@ -29,7 +30,7 @@ TRAIN_OVERRIDES = (
 
 def compose_config(name: str, overrides: list[str] | tuple[str, ...]):
     """A config composed by Hydra from the repo's real config files."""
-    with initialize_config_dir(config_dir=wmplan.train.CONFIG_DIR, version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         return compose(name, overrides=list(overrides))
 
 

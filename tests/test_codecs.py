@@ -11,11 +11,12 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from wmplan.config_dir import CONFIG_DIR
 from wmplan.models.codecs import IMAGENET_MEAN, IMAGENET_STD, CodecConfig, build_codec
 from wmplan.models.train_vae import VAETrainConfig, train_vae
 
 SIZE = 32
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = CONFIG_DIR
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 import wmplan.data.collect as collect_module
-from wmplan.data.collect import CONFIG_DIR, collect, main
+from wmplan.config_dir import CONFIG_DIR
+from wmplan.data.collect import collect, main
 from wmplan.data.dataset import INFO_FILE, SHARD_DIR, iter_episodes, load_dataset_info
 from wmplan.envs.config import EnvConfig, load_env_config
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
+from wmplan.config_dir import CONFIG_DIR
 from wmplan.data.collect import collect
 from wmplan.diagnostics import (
     action_sensitivity,
@@ -25,7 +26,7 @@ from wmplan.diagnostics import (
 from wmplan.envs.config import load_env_config
 from wmplan.models.train_vae import VAETrainConfig
 from wmplan.rollout import WorldModel
-from wmplan.train import CONFIG_DIR, train
+from wmplan.train import train
 
 RESOLUTION = 16
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
@@ -52,7 +53,7 @@ def checkpoint(dataset, tmp_path_factory) -> Path:
         f"data.path={dataset}", f"out_dir={out}", "training.max_steps=10", "training.batch_size=4",
         "training.warmup_steps=2", "validation.every_n_steps=1000", "logging.progress_every=0",
     ]
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
     return train(cfg)
 

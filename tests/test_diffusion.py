@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,9 +11,9 @@ import yaml
 from diffusers import DDIMScheduler
 from torch import nn
 
+from wmplan.config_dir import CONFIG_DIR
 from wmplan.models.diffusion import Diffusion, DiffusionConfig
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 ALLOWED = [
     (objective, schedule, ztsnr)
     for objective, schedule, ztsnr in itertools.product(

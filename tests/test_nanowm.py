@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 import yaml
 
+from wmplan.config_dir import config_path
 from wmplan.models.action_injection import INJECTIONS
 from wmplan.models.attention import apply_rope, rope_1d, rope_2d
 from wmplan.models.nanowm import NanoWM, NanoWMConfig, nanowm_config, patchify, shift_actions, unpatchify
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "model"
+CONFIGS = config_path("model")
 B, T, C, H, A, P = 2, 4, 4, 8, 6, 3
 
 

@@ -1,12 +1,11 @@
 """Objective values on hand-made tensors, composition, multi-scale slopes, configs and errors."""
 
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
+from wmplan.config_dir import config_path
 from wmplan.planners import build_objective
 from wmplan.planners.objectives import (
     ActionMagnitude,
@@ -18,7 +17,7 @@ from wmplan.planners.objectives import (
     pooled,
 )
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "objective"
+CONFIGS = config_path("objective")
 NO_ACTIONS = torch.zeros(1, 1, 3, 2)
 
 

@@ -1,15 +1,14 @@
 """Planners on a toy differentiable model with a known optimum: a point mass whose latent is its position."""
 
-from pathlib import Path
-
 import pytest
 import torch
 from omegaconf import OmegaConf
 
+from wmplan.config_dir import config_path
 from wmplan.planners import PLANNERS, build_objective, build_planner
 from wmplan.planners.objectives import LatentDistance
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "planner"
+CONFIGS = config_path("planner")
 STEP = 0.1  # position change per unit action
 H, A = 5, 2
 START = torch.tensor([[0.0, 0.0], [0.1, -0.2], [-0.3, 0.2]])  # [B, 2]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,10 +10,10 @@ import yaml
 from diffusers import DDIMScheduler
 from torch import nn
 
+from wmplan.config_dir import CONFIG_DIR
 from wmplan.models.diffusion import Diffusion, DiffusionConfig
 from wmplan.models.sampling import SamplerConfig, ddim_step, generate, scheduling_matrix
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 SETUPS = {  # name: (objective, schedule, zero_terminal_snr) — every pairing the config allows
     "eps_linear": ("eps", "linear", False), "eps_cosine": ("eps", "squaredcos_cap_v2", False),
     "v_linear": ("v", "linear", False), "v_cosine_ztsnr": ("v", "squaredcos_cap_v2", True),

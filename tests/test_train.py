@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +12,7 @@ from lightning.pytorch.callbacks import Callback
 from omegaconf import OmegaConf
 
 import wmplan.train
+from wmplan.config_dir import CONFIG_DIR
 from wmplan.data.dataset import load_dataset_info
 from wmplan.models.codecs import CodecConfig
 from wmplan.models.diffusion import Diffusion, DiffusionConfig
@@ -140,10 +140,10 @@ def test_dataset_from_another_env_is_refused(wall_data, tmp_path):
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
-@pytest.mark.parametrize("experiment", sorted(p.stem for p in (Path(wmplan.train.CONFIG_DIR) / "experiment").glob("*.yaml")))
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml")))
 def test_experiment_recipes_build_a_model(experiment):
     """Every experiment recipe composes into a valid codec, NanoWM (on the meta device) and diffusion."""
-    with initialize_config_dir(config_dir=str(wmplan.train.CONFIG_DIR), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("train", overrides=[f"experiment={experiment}"])
         vae = compose("train_vae", overrides=[f"env={cfg.env.name}"]).train
     assert experiment.startswith(cfg.env.name)

@@ -23,6 +23,7 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data._utils.collate import default_collate
 
+from wmplan.config_dir import config_path
 from wmplan.data.dataset import ClipDataset, load_dataset_info
 from wmplan.envs.config import EnvConfig
 from wmplan.metrics import psnr, ssim
@@ -30,13 +31,13 @@ from wmplan.models.nanowm import shift_actions
 from wmplan.models.sampling import SamplerConfig
 from wmplan.planners.mpc import obs_batch, observe
 from wmplan.rollout import WorldModel
-from wmplan.train import CONFIG_DIR, validation_subset
+from wmplan.train import validation_subset
 
-REFERENCE_SAMPLER = Path(CONFIG_DIR) / "sampler" / "ddim_eval.yaml"
+REFERENCE_SAMPLER = config_path("sampler", "ddim_eval.yaml")
 
 
 def reference_sampler(wm: WorldModel, steps: int | None = None, schedule: str | None = None) -> SamplerConfig:
-    """The evaluation sampler of ``configs/sampler/ddim_eval.yaml`` (250 DDIM steps,
+    """The evaluation sampler of ``wmplan/configs/sampler/ddim_eval.yaml`` (250 DDIM steps,
     sequential), with Euler for flow models and optional ``steps`` / ``schedule`` overrides."""
     fields = OmegaConf.to_container(OmegaConf.load(REFERENCE_SAMPLER))
     if wm.module.diffusion.is_flow:

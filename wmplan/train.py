@@ -23,12 +23,13 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 from torch.utils.data._utils.collate import default_collate
 
+from wmplan.config_dir import CONFIG_DIR as _CONFIG_DIR
 from wmplan.data.dataset import ClipDataset, load_dataset_info
 from wmplan.hardware import lightning_precision, tune_cpu_allocator
 from wmplan.models.codecs import CodecConfig, LatentCodec, build_codec
 from wmplan.module import WorldModelModule
 
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
+CONFIG_DIR = str(_CONFIG_DIR)  # wmplan/configs, as the absolute string hydra.main needs
 
 
 class StepBatches(IterableDataset):

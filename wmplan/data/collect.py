@@ -40,6 +40,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 import wmplan
+from wmplan.config_dir import CONFIG_DIR
 from wmplan.data.dataset import (
     FORMAT,
     INFO_FILE,
@@ -53,7 +54,6 @@ from wmplan.data.dataset import (
 from wmplan.data.policies import make_policy
 from wmplan.envs.config import EnvConfig
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"  # the repo's, for an editable install
 _VERSION_KEYS = ("wmplan_version",)  # may differ between a run and its resumption
 
 
@@ -211,7 +211,7 @@ def _write_shard(out: Path, start: int, episodes: list[EpisodeBuffer], env: gym.
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="collect", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    """``wmplan-collect``: see ``configs/collect.yaml``."""
+    """``wmplan-collect``: see ``wmplan/configs/collect.yaml``."""
     env_cfg = EnvConfig(**cfg.env)
     out = collect(env_cfg, cfg.episodes, cfg.policy, cfg.seed, cfg.out_dir, shard_episodes=cfg.shard_episodes)
     info = load_dataset_info(out)

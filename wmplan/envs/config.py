@@ -1,6 +1,6 @@
 """Per-environment protocol: which env, at what resolution, how data is collected and planned.
 
-``configs/env/<name>.yaml`` holds exactly the fields of ``EnvConfig``; load one with
+``wmplan/configs/env/<name>.yaml`` holds exactly the fields of ``EnvConfig``; load one with
 ``load_env_config(name)`` or, inside Hydra, ``EnvConfig(**cfg.env)``.
 """
 
@@ -8,15 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import yaml
 
 import wmplan.envs  # noqa: F401  (registers the wmplan/... ids)
+from wmplan.config_dir import config_path
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "env"
+ENV_CONFIG_DIR = config_path("env")
 
 
 @dataclass(frozen=True)
@@ -49,11 +49,11 @@ class EnvConfig:
 
 
 def load_env_config(name: str, **overrides: Any) -> EnvConfig:
-    """Read ``configs/env/<name>.yaml`` into an ``EnvConfig`` (fields in ``overrides`` win)."""
-    path = CONFIG_DIR / f"{name}.yaml"
+    """Read ``wmplan/configs/env/<name>.yaml`` into an ``EnvConfig`` (fields in ``overrides`` win)."""
+    path = ENV_CONFIG_DIR / f"{name}.yaml"
     if not path.is_file():
-        known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
-        raise ValueError(f"no env config {name!r} in {CONFIG_DIR}; known: {known}")
+        known = sorted(p.stem for p in ENV_CONFIG_DIR.glob("*.yaml"))
+        raise ValueError(f"no env config {name!r} in {ENV_CONFIG_DIR}; known: {known}")
     with open(path) as f:
         cfg = yaml.safe_load(f)
     return EnvConfig(**{**cfg, **overrides})

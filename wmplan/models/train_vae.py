@@ -24,11 +24,10 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
+from wmplan.config_dir import CONFIG_DIR
 from wmplan.hardware import autocast, check_precision, default_device, tune_cpu_allocator
 from wmplan.metrics import psnr, ssim
 from wmplan.models.codecs import CodecConfig, build_codec
-
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"  # the repo's, for an editable install
 
 
 @dataclass

@@ -19,13 +19,14 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from wmplan.config_dir import CONFIG_DIR as _CONFIG_DIR
 from wmplan.envs import make
 from wmplan.hardware import tune_cpu_allocator
 from wmplan.planners import build_objective, build_planner
 from wmplan.planners.mpc import plan_horizons, run_mpc, sample_episodes, save_videos, summary_line, write_results
 from wmplan.planners.oracle import EnvDistance, OracleModel
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
+CONFIG_DIR = str(_CONFIG_DIR)  # wmplan/configs, as the absolute string hydra.main needs
 BASELINES = ("oracle", "random")
 
 
