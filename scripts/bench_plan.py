@@ -63,9 +63,8 @@ def make_env(cfg: DictConfig):
 
 
 def plan_sampler(wm: WorldModel, steps: int | None = None) -> SamplerConfig:
-    """``wmplan/configs/plan.yaml``'s sampler for this model's objective, at ``steps`` if given."""
-    sampler = OmegaConf.to_container(compose_config("plan", []).sampler)
-    sampler["sampler"] = "euler" if wm.module.cfg.diffusion.objective == "flow" else "ddim"
+    """``wmplan/configs/plan.yaml``'s sampler, at ``steps`` if given."""
+    sampler = OmegaConf.to_container(compose_config("plan", []).sampler)  # kind and context level: from the model
     return SamplerConfig(**{**sampler, **({} if steps is None else {"steps": steps})})
 
 

@@ -18,6 +18,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from wmplan.hardware import autocast, bf16_speedup, cpu_name, matmul_peak, resolve_precision, tune_cpu_allocator
 from wmplan.models.nanowm import NanoWM, nanowm_config, shift_actions
+from wmplan.module import fast_adamw
 
 
 def make_batch(cfg, batch: int, frames: int, generator: torch.Generator) -> dict:
@@ -51,14 +52,34 @@ def step_flops(model: NanoWM, batch: dict, precision: str) -> int:
     return counter.get_total_flops()
 
 
-def bench(args: argparse.Namespace, precision: str) -> float:
-    """Time training steps at ``precision``; print a line and return the achieved GFLOP/s."""
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_scaled_dot_product_flash_attention_for_cpu",
+              "aten::_scaled_dot_product_flash_attention_for_cpu_backward")
+
+
+def matmul_time(model: NanoWM, optimizer: torch.optim.Optimizer, batch: dict, precision: str, steps: int = 2) -> float:
+    """Seconds per step spent in matmul and attention kernels (profiler self time)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            train_step(model, optimizer, batch, precision)
+    return sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in MATMUL_OPS) / 1e6 / steps
+
+
+def bench(args: argparse.Namespace, precision: str, compiled: bool = False) -> float:
+    """Time training steps at ``precision`` (``compiled``: under torch.compile); print a line
+    and return the achieved GFLOP/s."""
     torch.manual_seed(0)
     cfg = nanowm_config(args.size, args.patch, latent_size=args.latent, action_dim=args.action_dim)
     model = NanoWM(cfg)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, fused=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, **fast_adamw(torch.device("cpu")))
     batch = make_batch(cfg, args.batch, args.frames, torch.Generator().manual_seed(0))
     flops = step_flops(model, batch, precision)
+    if compiled:
+        model.compile()  # as wmplan-train with training.compile=true
+        start = time.perf_counter()
+        train_step(model, optimizer, batch, precision)
+        print(f"torch.compile: first step {time.perf_counter() - start:.0f} s")
     for _ in range(args.warmup):
         train_step(model, optimizer, batch, precision)
     times = []
@@ -71,8 +92,12 @@ def bench(args: argparse.Namespace, precision: str) -> float:
     print(
         f"NanoWM-{args.size}/{args.patch} {precision:5s} | {median * 1e3:7.1f} ms/step (best {best * 1e3:.1f}) | "
         f"{args.batch / median:6.2f} samples/s (best {args.batch / best:.2f}) | "
-        f"{flops / 1e9:6.1f} GFLOP/step | {gflops:6.1f} GFLOP/s"
+        f"{flops / 1e9:6.1f} GFLOP/step | {gflops:6.1f} GFLOP/s" + (" | compiled" if compiled else "")
     )
+    if not compiled:
+        matmul_seconds = matmul_time(model, optimizer, batch, precision)
+        print(f"  matmul kernels alone: {matmul_seconds / median:.0%} of the step, {flops / matmul_seconds / 1e9:.0f} "
+              f"GFLOP/s at this model's shapes (the ceiling of this batch's peak fraction)")
     return gflops
 
 
@@ -89,6 +114,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     parser.add_argument("--precision", default="auto", help="auto | bf16 | fp32")
     parser.add_argument("--compare", action="store_true", help="also time the other precision, side by side")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time the model under torch.compile (training.compile=true); its figure is the last line's")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -102,6 +129,8 @@ def main() -> None:
     if args.compare:
         bench(args, "fp32" if precision == "bf16" else "bf16")
     gflops = bench(args, precision)
+    if args.compile:
+        gflops = bench(args, precision, compiled=True)
     peak = matmul_peak(torch.bfloat16 if precision == "bf16" else torch.float32)
     print(f"matmul peak at {precision}: {peak:.0f} GFLOP/s")
     print(f"peak fraction: {gflops / peak:.2f}")

@@ -24,8 +24,9 @@ from typing import Any, Sequence
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
+from wmplan.atomic import write_json_atomic
 from wmplan.config_dir import CONFIG_DIR
-from wmplan.data.dataset import atomic_write_json, load_dataset_info
+from wmplan.data.dataset import load_dataset_info
 from wmplan.diagnostics import plan_tracking, prediction_quality, reference_sampler
 from wmplan.models.codecs import CODEC_NAMES, CodecConfig, build_codec
 from wmplan.models.train_vae import VAETrainConfig, train_vae
@@ -191,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
         }
     print(format_table(rows))
     args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out / "comparison.json", {"args": {k: str(v) for k, v in vars(args).items()}, "codecs": rows})
+    write_json_atomic(args.out / "comparison.json", {"args": {k: str(v) for k, v in vars(args).items()}, "codecs": rows})
     return rows
 
 

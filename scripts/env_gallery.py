@@ -9,14 +9,11 @@ actions), then the goal image of the same draw.
 
 from __future__ import annotations
 
-import os
-
 from wmplan.envs.gl import configure_mujoco_gl  # noqa: E402
 
 configure_mujoco_gl()
 
 import argparse  # noqa: E402
-import tempfile  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -24,6 +21,7 @@ import numpy as np  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
 import wmplan.envs  # noqa: E402
+from wmplan.atomic import atomic_path  # noqa: E402
 from wmplan.envs.base import GoalEnv  # noqa: E402
 from wmplan.envs.pusht import Pusher  # noqa: E402
 
@@ -73,18 +71,6 @@ def compose(rows: dict[str, list[np.ndarray]], column_labels: list[str], scale: 
     return canvas
 
 
-def save_atomic(image: Image.Image, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
-    os.close(fd)
-    try:
-        image.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("outputs/demo/env_gallery.png"))
@@ -108,7 +94,8 @@ def main() -> None:
     if not rows:
         raise SystemExit("no env could be rendered")
     labels = [f"step {i * args.every}" for i in range(args.frames)] + ["goal"]
-    save_atomic(compose(rows, labels, args.scale), args.out)
+    with atomic_path(args.out) as tmp:
+        compose(rows, labels, args.scale).save(tmp, format="PNG")
     print(f"wrote {args.out} ({len(rows)} envs)")
 
 

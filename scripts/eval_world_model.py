@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from wmplan.data.dataset import atomic_write_json
+from wmplan.atomic import write_json_atomic
 from wmplan.diagnostics import action_sensitivity, denoising_error, plan_tracking, prediction_quality, reference_sampler
 from wmplan.hardware import tune_cpu_allocator
 from wmplan.rollout import WorldModel
@@ -94,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         tracking = plan_tracking(wm, n_starts=min(args.clips, 32), n_plans=args.plans, seed=args.seed)
     print(format_table(quality, sensitivity, denoising, tracking))
     out = args.out or args.checkpoint.with_name(f"{args.checkpoint.stem}.eval.json")
-    atomic_write_json(out, {
+    write_json_atomic(out, {
         "checkpoint": str(args.checkpoint), "checkpoint_sha256": wm.checkpoint_hash, "dataset": str(args.dataset),
         "prediction_quality": quality, "action_sensitivity": sensitivity,
         "denoising_error": denoising, "plan_tracking": tracking,

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from wmplan.envs.chamfer import chamfer_distance, chamfer_distance_batch
+from wmplan.envs.chamfer import chamfer_distance
 
 
 def brute_force(a: np.ndarray, b: np.ndarray) -> float:
@@ -28,13 +28,6 @@ def test_properties():
     assert 0 < chamfer_distance(a, a + [0.5, 0, 0]) <= 1.0
 
 
-def test_batch_matches_single():
-    rng = np.random.default_rng(1)
-    a, b = rng.normal(size=(5, 20, 3)), rng.normal(size=(33, 3))
-    expected = [brute_force(x, b) for x in a]
-    np.testing.assert_allclose(chamfer_distance_batch(a, b), expected, rtol=1e-12)
-
-
 def test_bad_input():
     with pytest.raises(ValueError, match="dimensions differ"):
         chamfer_distance(np.zeros((3, 2)), np.zeros((3, 3)))
@@ -42,5 +35,5 @@ def test_bad_input():
         chamfer_distance(np.zeros((0, 2)), np.zeros((3, 2)))
     with pytest.raises(ValueError, match="NaN"):
         chamfer_distance(np.full((2, 2), np.nan), np.zeros((3, 2)))
-    with pytest.raises(ValueError, match="3-D"):
-        chamfer_distance_batch(np.zeros((3, 2)), np.zeros((3, 2)))
+    with pytest.raises(ValueError, match="2-D"):
+        chamfer_distance(np.zeros((3, 2, 1)), np.zeros((3, 2)))

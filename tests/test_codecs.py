@@ -86,6 +86,25 @@ def test_codec_contract(weights, frames, name, folder, shape, can_decode):
             codec.decode(z)
 
 
+@pytest.mark.parametrize(("name", "folder", "shape", "can_decode"), CASES)
+def test_codec_rebuilds_from_its_architecture_without_its_folder(weights, frames, tmp_path, name, folder, shape,
+                                                                 can_decode):
+    """What a world-model checkpoint does: architecture + state dict, no weights folder."""
+    codec = _codec(name, weights[folder] if folder else None, pixel_size=8)
+    architecture = codec.architecture()
+    assert (architecture is None) == (name == "pixels")
+    assert torch.load(_saved(architecture, tmp_path), weights_only=True) == architecture  # plain values only
+    rebuilt = _codec(name, tmp_path / "gone", pixel_size=8) if name == "pixels" else build_codec(
+        CodecConfig(name=name, path=str(tmp_path / "gone"), image_size=SIZE), architecture)
+    rebuilt.load_state_dict(codec.state_dict())
+    torch.testing.assert_close(rebuilt.encode(frames), codec.encode(frames), rtol=0, atol=0)
+
+
+def _saved(obj, folder):
+    torch.save(obj, folder / "obj.pt")
+    return folder / "obj.pt"
+
+
 def test_vae_encodes_scaled_posterior_mean_and_decodes(weights, frames):
     from diffusers import AutoencoderKL
 
@@ -250,6 +269,52 @@ def test_train_vae_is_reproducible_and_replaces_atomically(tmp_path):
     assert fp32["psnr"] != first["psnr"]  # the switch reaches the training step
     with pytest.raises(ValueError, match="precision"):
         VAETrainConfig(precision="fp16")
+
+
+KILL_VAE_TRAINING = """
+import os, signal, sys
+import numpy as np, torch
+sys.path.insert(0, sys.argv[2])
+from test_codecs import _blobs, small_vae_training
+from wmplan.models.train_vae import train_vae
+
+save = torch.save
+def die_at_step_4(obj, path, *args, **kwargs):
+    if isinstance(obj, dict) and obj.get("step") == 4:  # killed while writing the step-4 resume point
+        os.kill(os.getpid(), signal.SIGKILL)
+    save(obj, path, *args, **kwargs)
+torch.save = die_at_step_4
+train_vae(_blobs(24, 16, seed=1), sys.argv[1], small_vae_training())
+"""
+
+
+def small_vae_training(**kw) -> VAETrainConfig:
+    return VAETrainConfig(block_out_channels=(8, 16), norm_num_groups=8, steps=6, batch_size=4, log_every=1000,
+                          checkpoint_every=2, **kw)
+
+
+def test_train_vae_killed_after_a_resume_point_resumes_bit_exactly(tmp_path):
+    import subprocess
+    import sys
+
+    full = train_vae(_blobs(24, 16, seed=1), tmp_path / "full", small_vae_training())
+    out = tmp_path / "killed" / "vae"
+    run = subprocess.run([sys.executable, "-c", KILL_VAE_TRAINING, str(out), str(Path(__file__).parent)],
+                         capture_output=True)
+    assert run.returncode == -9, run.stderr.decode()[-2000:]
+    resume = out.with_name(".vae.resume.pt")
+    assert not out.exists() and torch.load(resume, weights_only=True)["step"] == 2  # the last complete one
+    resumed = train_vae(_blobs(24, 16, seed=1), out, small_vae_training())
+    assert not resume.exists()  # removed once the model is saved
+    a = load_file(tmp_path / "full" / "diffusion_pytorch_model.safetensors")
+    b = load_file(out / "diffusion_pytorch_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed["psnr"] == full["psnr"] and resumed["scaling_factor"] == full["scaling_factor"]
+    # A resume point from other settings is not used.
+    train_vae(_blobs(24, 16, seed=1), tmp_path / "other", small_vae_training())
+    torch.save({"run": "another", "step": 4}, tmp_path / ".other.resume.pt")
+    again = train_vae(_blobs(24, 16, seed=1), tmp_path / "other", small_vae_training())
+    assert again["psnr"] == full["psnr"]
 
 
 def test_configs_match_their_dataclasses():

@@ -105,19 +105,15 @@ def test_split_is_by_episode_seeded_and_stable_as_the_dataset_grows(dot_data, tm
     assert a["val"] == b["val"] & set(range(6)) and a["train"] == b["train"] & set(range(6))
 
 
-def test_stats_are_over_train_episodes(dot_data):
+def test_proprio_stats_are_over_train_episodes(dot_data):
     train = ClipDataset(dot_data, num_frames=2, frameskip=3, split="train", val_fraction=0.3, seed=0)
     val = ClipDataset(dot_data, num_frames=2, frameskip=3, split="val", val_fraction=0.3, seed=0)
     episodes = [ep for e, ep in enumerate(iter_episodes(dot_data)) if e in set(train.episodes)]
     proprio = np.concatenate([ep["proprio"] for ep in episodes])
-    actions = np.concatenate([ep["actions"] for ep in episodes])
     mean, std = train.proprio_stats()
     np.testing.assert_allclose(mean, proprio.mean(0), rtol=1e-5)
     np.testing.assert_allclose(std, proprio.std(0), rtol=1e-5)
-    mean, std = train.action_stats()
-    assert mean.shape == std.shape == (6,)  # k * A
-    np.testing.assert_allclose(std, np.tile(actions.std(0), 3), rtol=1e-5)
-    for a, b in zip(train.action_stats(), val.action_stats()):
+    for a, b in zip(train.proprio_stats(), val.proprio_stats()):
         np.testing.assert_array_equal(a, b)
 
 

@@ -61,16 +61,17 @@ def test_alphas_cumprod_match_diffusers(schedule: str, ztsnr: bool) -> None:
         rescaled = ((s - s[-1]) * s[0] / (s[0] - s[-1])) ** 2
         assert ours[-1] == 0
         torch.testing.assert_close(ours.double(), rescaled, atol=1e-5, rtol=1e-4)
+    assert make("flow", schedule, ztsnr=False).alphas_cumprod is None  # flow has no beta schedule
 
 
 @pytest.mark.parametrize("steps", [1, 3, 10, 16, 50, 1000])
-def test_sampling_timesteps_are_diffusers_trailing(steps: int) -> None:
+def test_sampler_timesteps_are_diffusers_trailing(steps: int) -> None:
     ref = DDIMScheduler(timestep_spacing="trailing")
     ref.set_timesteps(steps)
-    levels = make().sampling_timesteps(steps)
+    levels = make().sampler_timesteps(steps)
     assert levels[0] == -1 and levels[-1] == 999  # clean, then exactly the terminal step
     assert torch.equal(levels[1:].flip(0).long(), ref.timesteps)
-    flow = make("flow", ztsnr=False).sampling_timesteps(steps)
+    flow = make("flow", ztsnr=False).sampler_timesteps(steps)
     torch.testing.assert_close(flow, torch.linspace(0, 1000, steps + 1))
 
 
@@ -85,7 +86,7 @@ def test_targets_round_trip(objective: str, schedule: str, ztsnr: bool) -> None:
     diffusion = make(objective, schedule, ztsnr)
     g = torch.Generator().manual_seed(0)
     x0, noise = torch.randn(2, 4, 3, 4, 4, generator=g), torch.randn(2, 4, 3, 4, 4, generator=g)
-    t = diffusion.timestep(torch.tensor([[0.0, 0.3, 0.7, 0.9999], [0.02, 0.5, 0.95, 0.1]]))
+    t = diffusion.level_to_timestep(torch.tensor([[0.0, 0.3, 0.7, 0.9999], [0.02, 0.5, 0.95, 0.1]]))
     x_t = diffusion.q_sample(x0, t, noise)
     x0_hat, eps_hat = diffusion.predict_x0_eps(diffusion.target(x0, noise, t), x_t, t)
     # Recovering x0 from eps divides by sqrt(abar) (~5e-5 at the end), eps from x0 by sqrt(1-abar) (~1e-2 at t=0).
@@ -100,7 +101,7 @@ def test_min_snr_weight_is_x0_space_min_snr(objective: str, ztsnr: bool) -> None
     diffusion = make(objective, "squaredcos_cap_v2", ztsnr, snr_gamma=gamma)
     g = torch.Generator().manual_seed(1)
     x0, noise, delta = (torch.randn(1, 6, 2, 3, 3, generator=g) for _ in range(3))
-    t = diffusion.timestep(torch.tensor([[0.01, 0.2, 0.4, 0.6, 0.8, 0.97]]))
+    t = diffusion.level_to_timestep(torch.tensor([[0.01, 0.2, 0.4, 0.6, 0.8, 0.97]]))
     x_t = diffusion.q_sample(x0, t, noise)
     out = diffusion.target(x0, noise, t) + delta
     x0_hat, _ = diffusion.predict_x0_eps(out, x_t, t)
@@ -128,13 +129,13 @@ def test_min_snr_weights_finite_at_snr_zero_and_infinity() -> None:
 
 def test_logit_normal_timesteps() -> None:
     diffusion = make(logit_mean=1.0, logit_std=0.5)
-    t = diffusion.sample_timesteps((4000,), torch.Generator().manual_seed(0))
+    t = diffusion.draw_training_timesteps((4000,), torch.Generator().manual_seed(0))
     assert t.min() >= 0 and t.max() <= 999 and torch.equal(t, t.floor())
     assert t.median() / 1000 == pytest.approx(torch.sigmoid(torch.tensor(1.0)).item(), abs=0.02)
-    again = diffusion.sample_timesteps((4000,), torch.Generator().manual_seed(0))
-    other = diffusion.sample_timesteps((4000,), torch.Generator().manual_seed(1))
+    again = diffusion.draw_training_timesteps((4000,), torch.Generator().manual_seed(0))
+    other = diffusion.draw_training_timesteps((4000,), torch.Generator().manual_seed(1))
     assert torch.equal(t, again) and not torch.equal(t, other)
-    s = make("flow", ztsnr=False).sample_timesteps((4000,), torch.Generator().manual_seed(0)) / 1000
+    s = make("flow", ztsnr=False).draw_training_timesteps((4000,), torch.Generator().manual_seed(0)) / 1000
     assert 0 < s.min() and s.max() < 1 and not torch.equal(s * 1000, (s * 1000).floor())
 
 
@@ -149,15 +150,19 @@ def test_config_refuses_bad_values() -> None:
 
 
 def test_config_files_are_exactly_the_dataclass() -> None:
+    # The objective files hold every field but the context's, which train.yaml sets once for all
+    # (context_frames follows the env's protocol history).
+    context = {"context_frames", "context_noise_level"}
     fields = {f.name for f in dataclasses.fields(DiffusionConfig)}
     files = sorted((CONFIG_DIR / "diffusion").glob("*.yaml"))
     assert {f.stem for f in files} >= {"v_cosine_ztsnr", "x_cosine_ztsnr", "eps_linear", "flow"}
     for path in files:
         values = yaml.safe_load(path.read_text())
-        assert set(values) == fields, path.name
+        assert set(values) == fields - context, path.name
         DiffusionConfig(**values)
-    assert yaml.safe_load((CONFIG_DIR / "diffusion/v_cosine_ztsnr.yaml").read_text()) == dataclasses.asdict(
-        DiffusionConfig())
+    assert set(yaml.safe_load((CONFIG_DIR / "train.yaml").read_text())["diffusion"]) == context
+    defaults = {k: v for k, v in dataclasses.asdict(DiffusionConfig()).items() if k not in context}
+    assert yaml.safe_load((CONFIG_DIR / "diffusion/v_cosine_ztsnr.yaml").read_text()) == defaults
 
 
 # -- training loss ------------------------------------------------------------------------

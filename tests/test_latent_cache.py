@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from wmplan.data.latent_cache import LatentCache, LatentClipDataset, open_latent_cache
+from wmplan.data.latent_cache import LatentCache, LatentClipDataset, all_frames, open_latent_cache
 from wmplan.models.codecs import CodecConfig, build_codec
 
 
@@ -111,3 +111,42 @@ def test_real_clip_dataset(tmp_path):
         assert ("pixels" in item) == keep and item["actions"].shape == (3, 10)
         torch.testing.assert_close(item["latents"], codec.encode(torch.from_numpy(pixels)[None])[0], atol=2e-3, rtol=0)
     assert len(list((Path(path) / "latents").iterdir())) == 1
+
+
+KILL_DURING_BUILD = """
+import os, signal, sys
+import numpy as np, torch
+sys.path.insert(0, sys.argv[2])
+from test_latent_cache import FakeClips, _codec
+from wmplan.data.latent_cache import LatentClipDataset
+
+codec, calls = _codec(), []
+encode = codec.encode
+def encode_then_die(frames):
+    calls.append(1)
+    if len(calls) == 3:  # two batches are on disk
+        os.kill(os.getpid(), signal.SIGKILL)
+    return encode(frames)
+codec.encode = encode_then_die
+LatentClipDataset(FakeClips(sys.argv[1], 2, 1), codec, batch_size=4)
+"""
+
+
+def test_a_killed_cache_build_resumes_where_it_stopped(dataset, tmp_path):
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", KILL_DURING_BUILD, str(dataset), str(Path(__file__).parent)],
+                         capture_output=True)
+    assert run.returncode == -9, run.stderr.decode()[-2000:]
+    partial = [p for p in (dataset / "latents").iterdir() if p.name.startswith(".partial-")]
+    assert len(partial) == 1 and not [p for p in (dataset / "latents").iterdir() if not p.name.startswith(".")]
+    codec, calls = _codec(), []
+    encode = codec.encode
+    codec.encode = lambda frames: calls.append(1) or encode(frames)
+    resumed = LatentClipDataset(FakeClips(dataset, 2, 1), codec, batch_size=4).cache
+    assert len(calls) == -(-26 // 4) - 2  # only the batches the killed build had not finished
+    assert sorted(p.name for p in (dataset / "latents").iterdir()) == [resumed.folder.name]
+    clean = open_latent_cache(all_frames(FakeClips(dataset, 2, 1)), _codec(), tmp_path / "clean", batch_size=4)
+    np.testing.assert_array_equal(np.asarray(resumed.latents), np.asarray(clean.latents))
+    np.testing.assert_array_equal(np.load(resumed.folder / "keys.npy"), np.load(clean.folder / "keys.npy"))

@@ -4,11 +4,15 @@ trained checkpoint; results.json schema, videos, determinism, env checks."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import RESOLUTION, compose_config
 
+import wmplan
+from wmplan.hardware import cpu_name, resolve_precision
 from wmplan.planners.evaluate import evaluate
 from wmplan.rollout import file_hash
 
@@ -29,7 +33,7 @@ def plan_config(world_model, out_dir, *extra: str):
 
 def deterministic_part(results: dict) -> dict:
     """results.json without wall-clock timings."""
-    drop = {"plan_time_mean_s", "plan_time_max_s", "summary", "config"}
+    drop = {"plan_time_mean_s", "plan_time_max_s", "summary", "config", "provenance"}
     out = {k: v for k, v in results.items() if k not in drop}
     out["records"] = [{k: v for k, v in r.items() if k != "plan_times"} for r in results["records"]]
     return out
@@ -52,7 +56,14 @@ def runs(checkpoint, tmp_path_factory):
 @pytest.mark.parametrize("name", ["oracle", "random", "checkpoint"])
 def test_results_schema_and_videos(runs, name, checkpoint):
     results, out_dir = runs[name]
-    assert SUMMARY_KEYS <= results.keys() and {"config", "checkpoint", "records"} <= results.keys()
+    assert SUMMARY_KEYS <= results.keys() and {"config", "checkpoint", "provenance", "records"} <= results.keys()
+    prov = results["provenance"]  # where the numbers came from
+    assert prov["versions"]["torch"] == torch.__version__ and prov["versions"]["wmplan"]
+    assert prov["machine"]["cpu"] == cpu_name()
+    assert prov["precision"] == (resolve_precision("auto") if name == "checkpoint" else None)
+    if (Path(wmplan.__file__).parents[1] / ".git").exists():  # a checkout: commit and dirty flag
+        assert len(prov["git"]["commit"]) == 40 and isinstance(prov["git"]["dirty"], bool)
+    assert len(results["success_ci95"]) == 2 and results["success_ci95"][0] <= results["success_rate"]
     records = results["records"]
     assert results["episodes"] == len(records) == EPISODES
     assert results["replans"] == 1  # the whole horizon (2 x 5 env steps) is executed: one plan

@@ -39,7 +39,7 @@ def test_from_checkpoint(wm, checkpoint):
     assert wm.uses_proprio
     assert wm.checkpoint_hash == file_hash(checkpoint) and len(wm.checkpoint_hash) == 64
     # Weights are the trained ones (EMA by default), not a fresh initialisation.
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
     torch.testing.assert_close(wm.model.patch_embed.weight, state["ema.module.patch_embed.weight"], rtol=0, atol=0)
     raw = WorldModel.from_checkpoint(checkpoint, use_ema=False)
     torch.testing.assert_close(raw.model.patch_embed.weight, state["model.patch_embed.weight"], rtol=0, atol=0)

@@ -23,13 +23,14 @@ SETUPS = {  # name: (objective, schedule, zero_terminal_snr) — every pairing t
 C, HW, AW, P = 2, 3, 4, 2
 
 
-def make(setup: str) -> Diffusion:
+def make(setup: str, context_noise_level: float = 0.02) -> Diffusion:
     objective, schedule, ztsnr = SETUPS[setup]
-    return Diffusion(DiffusionConfig(objective=objective, schedule=schedule, zero_terminal_snr=ztsnr))
+    return Diffusion(DiffusionConfig(objective=objective, schedule=schedule, zero_terminal_snr=ztsnr,
+                                     context_noise_level=context_noise_level))
 
 
 def sampler(diffusion: Diffusion, **kw) -> SamplerConfig:
-    return SamplerConfig(sampler="euler" if diffusion.is_flow else "ddim", **kw)
+    return SamplerConfig(**kw)  # the sampler kind and context level come from the model
 
 
 def fill(values: torch.Tensor, like_shape: tuple[int, ...]) -> torch.Tensor:
@@ -147,7 +148,7 @@ def test_ddim_step_matches_diffusers(setup: str, prediction_type: str, eta: floa
     ref = DDIMScheduler(beta_schedule=schedule, rescale_betas_zero_snr=ztsnr, timestep_spacing="trailing",
                         prediction_type=prediction_type, clip_sample=False)
     ref.set_timesteps(10)
-    levels = diffusion.sampling_timesteps(10)
+    levels = diffusion.sampler_timesteps(10)
     g = torch.Generator().manual_seed(0)
     for k in range(10, 0, -1):
         assert int(levels[k]) == int(ref.timesteps[10 - k])
@@ -204,10 +205,10 @@ def test_samples_finite_for_every_allowed_config(setup: str) -> None:
 
 @pytest.mark.parametrize("n_ctx,window,horizon", [(1, 3, 7), (2, 4, 5), (1, 2, 3), (3, 4, 2)])
 def test_sliding_window_uses_newest_frames_as_context(n_ctx: int, window: int, horizon: int) -> None:
-    diffusion = make("flow")  # context level 0 is exactly clean for flow, so the integrator is exact
+    diffusion = make("flow", context_noise_level=0.0)  # level 0 is exactly clean for flow: the integrator is exact
     context, _, actions = inputs(n_ctx=n_ctx, horizon=horizon)
     model = Integrator(diffusion)
-    cfg = sampler(diffusion, steps=2, schedule="sequential", context_noise_level=0.0)
+    cfg = sampler(diffusion, steps=2, schedule="sequential")
     latents, proprio = generate(model, diffusion, context, None, actions, cfg, window=window,
                                 generator=torch.Generator().manual_seed(0))
     expected = context[:, -1:] + fill(actions, (*actions.shape[:2], C, HW, HW)).cumsum(1)
@@ -218,11 +219,10 @@ def test_sliding_window_uses_newest_frames_as_context(n_ctx: int, window: int, h
 
 
 def test_model_sees_scheduled_levels_and_stabilized_context() -> None:
-    diffusion = make("v_cosine_ztsnr")
+    diffusion = make("v_cosine_ztsnr", context_noise_level=0.1)
     context, _, actions = inputs(b=64, horizon=2)
     model = ActionOracle(diffusion)
-    latents, _ = generate(model, diffusion, context, None, actions,
-                          sampler(diffusion, steps=2, context_noise_level=0.1),
+    latents, _ = generate(model, diffusion, context, None, actions, sampler(diffusion, steps=2),
                           window=3, generator=torch.Generator().manual_seed(0))
     # Trailing levels for 2 steps are 999, 499; context and finished frames sit at 0.1 T = 100.
     expected = [[100, 999], [100, 499], [100, 100, 999], [100, 100, 499]]
@@ -322,22 +322,25 @@ def test_generate_refuses_bad_input() -> None:
     v, flow = make("v_cosine_ztsnr"), make("flow")
     model = RandomDenoiser()
     g = torch.Generator()
-    with pytest.raises(ValueError, match="euler"):
+    with pytest.raises(ValueError, match="sampler='ddim' contradicts.*'flow' samples with 'euler'"):
         generate(model, flow, context, None, actions, SamplerConfig(sampler="ddim"), 4, g)
-    with pytest.raises(ValueError, match="ddim"):
+    with pytest.raises(ValueError, match="sampler='euler' contradicts.*'v' samples with 'ddim'"):
         generate(model, v, context, None, actions, SamplerConfig(sampler="euler"), 4, g)
+    with pytest.raises(ValueError, match="context_noise_level=0.1 contradicts.*context_noise_level=0.02"):
+        generate(model, v, context, None, actions, SamplerConfig(context_noise_level=0.1), 4, g)
     with pytest.raises(ValueError, match="window"):
         generate(model, v, context, None, actions, SamplerConfig(), 1, g)
     with pytest.raises(ValueError, match="steps"):
         generate(model, v, context, None, actions, SamplerConfig(steps=1001), 4, g)
     with pytest.raises(ValueError, match="eta"):
-        SamplerConfig(sampler="euler", eta=0.5)
+        generate(model, flow, context, None, actions, SamplerConfig(eta=0.5), 4, g)
     with pytest.raises(ValueError, match="schedule"):
         SamplerConfig(schedule="zigzag")
 
 
 def test_sampler_config_files_are_exactly_the_dataclass() -> None:
-    fields = {f.name for f in dataclasses.fields(SamplerConfig)}
+    # Every field but the context noise level, which only the model knows (its training level).
+    fields = {f.name for f in dataclasses.fields(SamplerConfig)} - {"context_noise_level"}
     files = sorted((CONFIG_DIR / "sampler").glob("*.yaml"))
     assert files
     for path in files:

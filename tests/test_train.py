@@ -20,7 +20,7 @@ from wmplan.models.nanowm import NanoWM, NanoWMConfig
 
 
 def load(path):
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def assert_same_weights(a: dict, b: dict) -> None:

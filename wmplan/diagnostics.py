@@ -24,24 +24,21 @@ from omegaconf import OmegaConf
 from torch.utils.data._utils.collate import default_collate
 
 from wmplan.config_dir import config_path
-from wmplan.data.dataset import ClipDataset, load_dataset_info
+from wmplan.data.dataset import ClipDataset, load_dataset_info, validation_subset
 from wmplan.envs.config import EnvConfig
 from wmplan.metrics import psnr, ssim
 from wmplan.models.nanowm import shift_actions
 from wmplan.models.sampling import SamplerConfig
 from wmplan.planners.mpc import obs_batch, observe
 from wmplan.rollout import WorldModel
-from wmplan.train import validation_subset
 
 REFERENCE_SAMPLER = config_path("sampler", "ddim_eval.yaml")
 
 
 def reference_sampler(wm: WorldModel, steps: int | None = None, schedule: str | None = None) -> SamplerConfig:
     """The evaluation sampler of ``wmplan/configs/sampler/ddim_eval.yaml`` (250 DDIM steps,
-    sequential), with Euler for flow models and optional ``steps`` / ``schedule`` overrides."""
+    sequential; Euler for flow models), with optional ``steps`` / ``schedule`` overrides."""
     fields = OmegaConf.to_container(OmegaConf.load(REFERENCE_SAMPLER))
-    if wm.module.diffusion.is_flow:
-        fields.update(sampler="euler", eta=0.0)
     if steps is not None:
         fields["steps"] = steps
     if schedule is not None:
@@ -211,8 +208,8 @@ def denoising_error(wm: WorldModel, dataset_path: str | Path, n_clips: int = 64,
         b = len(x0)
         copy += float(((x0[:, n_ctx - 1 : n_ctx] - x0[:, n_ctx:]) ** 2).mean()) * b
         for level in levels:
-            t = diffusion.timestep(level).expand(b, x0.shape[1]).clone()
-            t[:, :n_ctx] = diffusion.timestep(diffusion.cfg.context_noise_level)
+            t = diffusion.level_to_timestep(level).expand(b, x0.shape[1]).clone()
+            t[:, :n_ctx] = diffusion.level_to_timestep(diffusion.cfg.context_noise_level)
             x_t = diffusion.q_sample(x0, t, torch.randn(x0.shape, generator=generator))
             p_t = None if proprio is None else diffusion.q_sample(proprio, t, torch.randn(proprio.shape, generator=generator))
             out, _ = model(x_t, t, actions, p_t)

@@ -16,12 +16,12 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+from wmplan.checkpoint import complete_state_dict, read_checkpoint, resolve_path
 from wmplan.hardware import autocast, resolve_precision
-from wmplan.models.sampling import SamplerConfig, generate
+from wmplan.models.sampling import SamplerConfig, generate, resolve_sampler
 from wmplan.module import WorldModelModule
+from wmplan.planners.base import Prediction
 from wmplan.seeding import stream_seed
-
-Prediction = dict[str, torch.Tensor | None]
 
 
 def file_hash(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -33,20 +33,6 @@ def file_hash(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a wmplan checkpoint with clear errors for missing or corrupt files."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"world-model checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # torch raises several types for truncated / foreign files
-        raise ValueError(f"cannot read checkpoint {path}: corrupt or not a torch file ({err})") from err
-    if not isinstance(ckpt, dict) or "wmplan_config" not in ckpt or "state_dict" not in ckpt:
-        raise ValueError(f"{path} is not a wmplan world-model checkpoint (no wmplan_config/state_dict)")
-    return ckpt
-
-
 class WorldModel:
     """Encode observations, roll out candidate action sequences, decode latents."""
 
@@ -56,10 +42,11 @@ class WorldModel:
         # auto: bf16 only where this device runs it natively and fast (wmplan.hardware).
         self.precision = resolve_precision(precision, next(module.parameters()).device)
         self.model = module.ema.module if use_ema else module.model
-        self.sampler = sampler
+        self.sampler = resolve_sampler(sampler, module.diffusion)  # refuses settings that contradict the model
         self.checkpoint_hash = checkpoint_hash
         cfg = module.cfg
         self.window = int(cfg.data.num_frames)
+        self.context_frames = int(cfg.diffusion.context_frames)  # real observations the model continues from
         self.frameskip = int(cfg.env.frameskip)
         self.action_dim = int(cfg.model.action_dim)
         self.uses_proprio = int(cfg.model.proprio_dim) > 0
@@ -78,14 +65,15 @@ class WorldModel:
     @classmethod
     def from_checkpoint(cls, path: str | Path, sampler: SamplerConfig | dict | None = None,
                         use_ema: bool = True, chunk_size: int | str = "auto", precision: str = "auto") -> "WorldModel":
-        """Build from ``latest.ckpt``; the sampler defaults to the planning default
-        (full_sequence, few DDIM / Euler steps)."""
-        ckpt = load_checkpoint(path)
+        """Build from a checkpoint (``latest.ckpt``), a pretrained file or ``pretrained:<name>``;
+        the sampler defaults to the planning default (one full-sequence step)."""
+        path = resolve_path(path)
+        ckpt = read_checkpoint(path)
         cfg = OmegaConf.create(ckpt["wmplan_config"])
-        module = WorldModelModule(cfg)
-        module.load_state_dict(ckpt["state_dict"])
+        module = WorldModelModule(cfg, codec_architecture=ckpt.get("codec_architecture"))
+        module.load_state_dict(complete_state_dict(ckpt["state_dict"]))
         if sampler is None:
-            sampler = planning_sampler(cfg.diffusion.objective)
+            sampler = planning_sampler()
         elif isinstance(sampler, dict):
             sampler = SamplerConfig(**sampler)
         return cls(module, sampler, use_ema, chunk_size, checkpoint_hash=file_hash(path), precision=precision)
@@ -228,11 +216,8 @@ def join_chunks(parts: list[torch.Tensor], episodes: int, candidates: int) -> to
     return torch.cat([torch.cat(parts[e * per_episode:(e + 1) * per_episode], 1) for e in range(episodes)])
 
 
-def planning_sampler(objective: str, steps: int = 1) -> SamplerConfig:
-    """The planning default (``configs/plan.yaml``): all future frames denoised together in
-    one step, the model's direct prediction of the clean frames from pure noise."""
-    return SamplerConfig(
-        sampler="euler" if objective == "flow" else "ddim", steps=steps, eta=0.0,
-        schedule="full_sequence", guidance_scale=1.0, context_noise_level=0.02,
-    )
-
+def planning_sampler(steps: int = 1) -> SamplerConfig:
+    """The planning default (``plan.yaml``): all future frames denoised together in one step,
+    the model's direct prediction of the clean frames from pure noise. The sampler kind and
+    context noise level come from the model."""
+    return SamplerConfig(steps=steps, eta=0.0, schedule="full_sequence", guidance_scale=1.0)

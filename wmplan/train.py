@@ -23,8 +23,10 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 from torch.utils.data._utils.collate import default_collate
 
+from wmplan.cli import reports_user_errors
 from wmplan.config_dir import CONFIG_DIR as _CONFIG_DIR
-from wmplan.data.dataset import ClipDataset, load_dataset_info
+from wmplan.checkpoint import read_checkpoint
+from wmplan.data.dataset import ClipDataset, load_dataset_info, validation_subset
 from wmplan.hardware import lightning_precision, tune_cpu_allocator
 from wmplan.models.codecs import CodecConfig, LatentCodec, build_codec
 from wmplan.module import WorldModelModule
@@ -113,13 +115,6 @@ def complete_config(cfg: DictConfig, codec: LatentCodec) -> DictConfig:
     return cfg
 
 
-def validation_subset(dataset: Dataset, n: int, seed: int) -> torch.utils.data.Subset:
-    """A fixed set of validation clips (same seed, same clips)."""
-    rng = np.random.default_rng(seed)
-    idx = rng.choice(len(dataset), size=min(n, len(dataset)), replace=False)
-    return torch.utils.data.Subset(dataset, sorted(int(i) for i in idx))
-
-
 def build_trainer(cfg: DictConfig, out_dir: Path) -> L.Trainer:
     t = cfg.training
     loggers: list = [TensorBoardLogger(str(out_dir), name="tb", version="")]
@@ -133,7 +128,7 @@ def build_trainer(cfg: DictConfig, out_dir: Path) -> L.Trainer:
     ]
     return L.Trainer(
         max_steps=t.max_steps, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
-        strategy=t.strategy, precision=lightning_precision(t.precision, t.accelerator), gradient_clip_val=t.grad_clip,
+        strategy=t.strategy, precision=lightning_precision(t.precision, t.accelerator),
         accumulate_grad_batches=t.accumulate_grad_batches, val_check_interval=cfg.validation.every_n_steps * t.accumulate_grad_batches,
         check_val_every_n_epoch=None, limit_val_batches=cfg.validation.num_batches, num_sanity_val_steps=0,
         logger=loggers, callbacks=callbacks, enable_checkpointing=False, log_every_n_steps=cfg.logging.log_every,
@@ -158,7 +153,7 @@ def train(cfg: DictConfig) -> Path:
         clips = getattr(train_set, "clips", train_set)  # the ClipDataset under a latent cache
         module.set_proprio_stats(*clips.proprio_stats())
     else:  # the batch stream must continue where the checkpoint stopped
-        start_step = int(torch.load(resume, map_location="cpu", weights_only=False)["global_step"])
+        start_step = int(read_checkpoint(resume)["global_step"])
     trainer = build_trainer(cfg, out_dir)
     t = cfg.training
     train_loader = DataLoader(
@@ -169,13 +164,12 @@ def train(cfg: DictConfig) -> Path:
         validation_subset(val_set, cfg.validation.num_clips, cfg.validation.seed),
         batch_size=cfg.validation.batch_size, shuffle=False, num_workers=0,
     )
-    # weights_only=False: our own checkpoint holds numpy RNG state, which torch>=2.6's
-    # default safe loader refuses (resuming failed with UnpicklingError)
-    trainer.fit(module, train_loader, val_loader, ckpt_path=str(resume) if resume else None, weights_only=False)
+    trainer.fit(module, train_loader, val_loader, ckpt_path=str(resume) if resume else None, weights_only=True)
     return latest
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="train", version_base="1.3")
+@reports_user_errors("wmplan-train")
 def main(cfg: DictConfig) -> None:
     print(f"wmplan-train: checkpoint at {train(cfg)}")
 

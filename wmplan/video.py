@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
+
+from wmplan.atomic import atomic_path
 
 
 def save_video(path: str | Path, frames: np.ndarray, fps: int = 4) -> Path:
@@ -15,13 +16,11 @@ def save_video(path: str | Path, frames: np.ndarray, fps: int = 4) -> Path:
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"frames must be uint8 [T, H, W, 3], got {frames.dtype} {frames.shape}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
-    if path.suffix == ".gif":
-        iio.imwrite(tmp, frames, duration=1000 / fps, loop=0)
-    else:
-        iio.imwrite(tmp, frames, fps=fps, codec="libx264", macro_block_size=1)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        if path.suffix == ".gif":
+            iio.imwrite(tmp, frames, duration=1000 / fps, loop=0)
+        else:
+            iio.imwrite(tmp, frames, fps=fps, codec="libx264", macro_block_size=1)
     return path
 
 

@@ -40,13 +40,13 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 import wmplan
+from wmplan.atomic import fsync_path, write_json_atomic
+from wmplan.cli import reports_user_errors
 from wmplan.config_dir import CONFIG_DIR
 from wmplan.data.dataset import (
     FORMAT,
     INFO_FILE,
     SHARD_DIR,
-    atomic_write_json,
-    fsync_dir,
     list_shards,
     load_dataset_info,
     read_info,
@@ -134,7 +134,7 @@ def _prepare(out: Path, info: dict) -> int:
         if any(not p.name.startswith(f".{INFO_FILE}.tmp") for p in entries):
             raise ValueError(f"{out} exists and is not a wmplan dataset; refusing to write into it")
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / INFO_FILE, info)
+        write_json_atomic(out / INFO_FILE, info)
     existing = read_info(out)
     keys = (info.keys() | existing.keys()) - set(_VERSION_KEYS)
     differ = sorted(k for k in keys if info.get(k) != existing.get(k))
@@ -202,14 +202,14 @@ def _write_shard(out: Path, start: int, episodes: list[EpisodeBuffer], env: gym.
     )
     storage.update_episodes(episodes)
     for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    fsync_dir(tmp)
+        fsync_path(f)
+    fsync_path(tmp)
     tmp.rename(final)
-    fsync_dir(final.parent)
+    fsync_path(final.parent)
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="collect", version_base="1.3")
+@reports_user_errors("wmplan-collect")
 def main(cfg: DictConfig) -> None:
     """``wmplan-collect``: see ``wmplan/configs/collect.yaml``."""
     env_cfg = EnvConfig(**cfg.env)

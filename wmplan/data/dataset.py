@@ -19,10 +19,15 @@ import re
 import shutil
 import warnings
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import minari
 import numpy as np
+
+from wmplan.atomic import fsync_path, write_json_atomic
+
+if TYPE_CHECKING:
+    from torch.utils.data import Dataset, Subset
 
 FORMAT = "wmplan-minari-shards/1"
 INFO_FILE = "wmplan.json"
@@ -34,32 +39,6 @@ _INFO_KEYS = {"format", "env", "env_id", "env_version", "env_kwargs", "resolutio
               "history", "episode_length", "policy", "seed", "wmplan_version", "action_dim",
               "proprio_dim", "state_dim"}  # fmt: skip
 _ARRAYS = ("frames", "actions", "proprio", "states")
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    """Write JSON so that ``path`` holds either its old content or all of the new one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename inside directory ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
 
 
 # -- metadata and shards ------------------------------------------------------------
@@ -229,7 +208,7 @@ def _build_cache(root: Path, info: dict, shards: list[tuple[int, int, Path]], ke
     tmp.mkdir()
     try:
         _write_cache_arrays(tmp, info, shards)
-        atomic_write_json(tmp / "key.json", key)
+        write_json_atomic(tmp / "key.json", key)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -237,7 +216,7 @@ def _build_cache(root: Path, info: dict, shards: list[tuple[int, int, Path]], ke
     if (root / CACHE_DIR).exists():
         (root / CACHE_DIR).rename(old)
     tmp.rename(root / CACHE_DIR)
-    fsync_dir(root)
+    fsync_path(root)
     shutil.rmtree(old, ignore_errors=True)
 
 
@@ -271,7 +250,7 @@ def _write_cache_arrays(tmp: Path, info: dict, shards: list[tuple[int, int, Path
     del out
     np.save(tmp / "offsets.npy", np.asarray(offsets, dtype=np.int64))
     for name in (*_ARRAYS, "offsets"):  # data must be durable before key.json vouches for it
-        _fsync_file(tmp / f"{name}.npy")
+        fsync_path(tmp / f"{name}.npy")
 
 
 # -- clips --------------------------------------------------------------------------
@@ -296,8 +275,8 @@ class ClipDataset:
     episode of the split starts a clip. A plain map-style dataset: torch's DataLoader
     collates its numpy arrays into tensors.
 
-    ``proprio_stats()`` / ``action_stats()`` give normalisation statistics over the *train*
-    episodes (the same for either split).
+    ``proprio_stats()`` gives normalisation statistics over the *train* episodes (the same
+    for either split).
     """
 
     def __init__(
@@ -376,19 +355,19 @@ class ClipDataset:
         proprio = self.arrays["proprio"][self._frame_rows(self._train_episodes)]
         return proprio.mean(0).astype(np.float32), _safe_std(proprio)
 
-    def action_stats(self) -> tuple[np.ndarray, np.ndarray]:
-        """Mean and std float32 [k*A] of planner actions over the train episodes."""
-        rows = self._frame_rows(self._train_episodes, actions=True)
-        actions = self.arrays["actions"][rows]
-        mean = actions.mean(0).astype(np.float32)
-        return np.tile(mean, self.frameskip), np.tile(_safe_std(actions), self.frameskip)
-
-    def _frame_rows(self, episodes: np.ndarray, actions: bool = False) -> np.ndarray:
-        """Cache rows of the frames (or, with ``actions``, the actions) of ``episodes``."""
+    def _frame_rows(self, episodes: np.ndarray) -> np.ndarray:
+        """Cache rows of the frames of ``episodes``."""
         o = self.offsets
-        if actions:  # episode e's actions sit e rows earlier and are one fewer than its frames
-            return np.concatenate([np.arange(o[e] - e, o[e + 1] - e - 1) for e in episodes])
         return np.concatenate([np.arange(o[e], o[e + 1]) for e in episodes])
+
+
+def validation_subset(dataset: Dataset, n: int, seed: int) -> Subset:
+    """A fixed set of ``n`` clips of ``dataset`` (same seed, same clips)."""
+    from torch.utils.data import Subset  # imported here: reading datasets stays torch-free
+
+    rng = np.random.default_rng(seed)
+    idx = rng.choice(len(dataset), size=min(n, len(dataset)), replace=False)
+    return Subset(dataset, sorted(int(i) for i in idx))
 
 
 def _safe_std(x: np.ndarray) -> np.ndarray:

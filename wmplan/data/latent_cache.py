@@ -4,7 +4,8 @@ A cache folder holds `latents.npy` (float16 [N, C, h, w], memory-mapped on read)
 `keys.npy` (int64 [N, 2]: episode, env step of each row) and `meta.json`. Its name is a
 hash of the codec's fingerprint (name, settings, weights) and of a sample of the
 dataset's frames, so another codec or a re-collected dataset never reads a stale cache.
-Folders are written under a temporary name and renamed: a cache is complete or absent.
+Folders are written under a temporary name and renamed: a cache is complete or absent. A build
+killed part-way resumes where it stopped.
 
 `LatentClipDataset` wraps a `ClipDataset` and adds `latents [T, C, h, w]` to its items.
 From `ClipDataset` it uses only the public API: the constructor, the attributes `path`
@@ -18,8 +19,8 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from wmplan.atomic import write_json_atomic
 from wmplan.models.codecs import LatentCodec
 
 CACHE_VERSION = 1
@@ -118,14 +120,29 @@ def all_frames(clips: Dataset) -> Dataset:
 
 
 def _build(frames: Sequence[dict], codec: LatentCodec, folder: Path, batch_size: int, key: str) -> None:
+    """Encode into ``.partial-<name>``, recording the rows done after every batch, then rename.
+
+    A build killed part-way resumes from its last recorded batch; a lock (where the OS has
+    ``fcntl``) makes concurrent builders (DDP ranks) wait for the first one instead.
+    """
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{folder.name}-", dir=folder.parent))
-    try:
-        n = len(frames)
-        latents = np.lib.format.open_memmap(tmp / "latents.npy", "w+", np.float16, (n, *codec.latent_shape))
-        keys = np.empty((n, 2), np.int64)
+    lock = folder.parent / f".{folder.name}.lock"
+    with _exclusive(lock):
+        if folder.is_dir():  # another builder finished while we waited
+            return
+        partial = folder.with_name(f".partial-{folder.name}")
+        n, shape = len(frames), (len(frames), *codec.latent_shape)
+        done = _rows_done(partial, key, shape)
+        if done == 0:
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir()
+        mode = "r+" if done else "w+"
+        latents = np.lib.format.open_memmap(partial / "latents.npy", mode, np.float16, shape)
+        keys = np.lib.format.open_memmap(partial / "keys.npy", mode, np.int64, (n, 2))
         # a VAE encodes ~100k frames for minutes on a CPU: show that it is working
-        for lo in tqdm(range(0, n, batch_size), desc=f"latent cache ({codec.cfg.name}, {n} frames)", unit="batch"):
+        batches = range(done, n, batch_size)
+        for lo in tqdm(batches, desc=f"latent cache ({codec.cfg.name}, {n} frames)", unit="batch",
+                       initial=0, total=len(batches)):
             items = [frames[i] for i in range(lo, min(lo + batch_size, n))]
             pixels = torch.cat([torch.as_tensor(item["pixels"]) for item in items])  # [b, H, W, 3]
             z = codec.encode(pixels[None])[0].cpu()  # [b, C, h, w]
@@ -133,18 +150,43 @@ def _build(frames: Sequence[dict], codec: LatentCodec, folder: Path, batch_size:
                 raise ValueError(f"codec {codec.cfg.name!r} latents overflow float16; cannot cache them")
             latents[lo : lo + len(items)] = z.half().numpy()
             keys[lo : lo + len(items)] = [(int(item["episode"]), int(item["start"])) for item in items]
-        latents.flush()
-        del latents
-        np.save(tmp / "keys.npy", keys)
+            latents.flush()
+            keys.flush()
+            write_json_atomic(partial / "progress.json", {"key": key, "rows": lo + len(items)})
+        del latents, keys
+        (partial / "progress.json").unlink()
         meta = {"version": CACHE_VERSION, "key": key, "codec": codec.cfg.name, "frames": n, "latent_shape": codec.latent_shape}
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        write_json_atomic(partial / "meta.json", meta, sort_keys=False)
+        os.replace(partial, folder)
+        lock.unlink()  # later builders see the folder before they look for a lock
+
+
+def _rows_done(partial: Path, key: str, shape: tuple[int, ...]) -> int:
+    """Rows an interrupted build of this cache finished (0: none, or another cache's leftovers)."""
+    try:
+        progress = json.loads((partial / "progress.json").read_text())
+        latents = np.load(partial / "latents.npy", mmap_mode="r")
+    except (OSError, ValueError):
+        return 0
+    if progress.get("key") != key or latents.shape != shape:
+        return 0
+    return int(progress["rows"])
+
+
+@contextmanager
+def _exclusive(lock: Path):
+    """Hold an exclusive lock on ``lock`` (released by the OS if the process dies)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no concurrent builders expected
+        yield
+        return
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
         try:
-            os.replace(tmp, folder)
-        except OSError:
-            if not folder.is_dir():  # a concurrent builder (another rank) finishing first is fine
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _dataset_stamp(frames: Sequence[dict]) -> str:

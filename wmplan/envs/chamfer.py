@@ -15,10 +15,10 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 
-def _check_points(name: str, points: np.ndarray, ndim: int) -> np.ndarray:
+def _check_points(name: str, points: np.ndarray) -> np.ndarray:
     p = np.asarray(points, dtype=np.float64)
-    if p.ndim != ndim or p.shape[-2] == 0:
-        raise ValueError(f"{name} must be a non-empty {ndim}-D point array, got shape {p.shape}")
+    if p.ndim != 2 or p.shape[0] == 0:
+        raise ValueError(f"{name} must be a non-empty 2-D point array, got shape {p.shape}")
     if not np.all(np.isfinite(p)):
         raise ValueError(f"{name} contains NaN or inf")
     return p
@@ -26,20 +26,9 @@ def _check_points(name: str, points: np.ndarray, ndim: int) -> np.ndarray:
 
 def chamfer_distance(a: np.ndarray, b: np.ndarray) -> float:
     """Chamfer distance between point sets ``a [N, d]`` and ``b [M, d]`` (see module doc)."""
-    a, b = _check_points("a", a, 2), _check_points("b", b, 2)
+    a, b = _check_points("a", a), _check_points("b", b)
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"point dimensions differ: a is {a.shape}, b is {b.shape}")
     a_to_b, _ = cKDTree(b).query(a)
     b_to_a, _ = cKDTree(a).query(b)
     return float(a_to_b.mean() + b_to_a.mean())
-
-
-def chamfer_distance_batch(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Chamfer distances ``[B]`` between each set of ``a [B, N, d]`` and one set ``b [M, d]``."""
-    a, b = _check_points("a", a, 3), _check_points("b", b, 2)
-    if a.shape[2] != b.shape[1]:
-        raise ValueError(f"point dimensions differ: a is {a.shape}, b is {b.shape}")
-    # One tree over b answers every a -> b query at once; b -> a needs a tree per set.
-    a_to_b, _ = cKDTree(b).query(a.reshape(-1, a.shape[2]))
-    b_to_a = np.stack([cKDTree(points).query(b)[0] for points in a])
-    return a_to_b.reshape(a.shape[:2]).mean(axis=1) + b_to_a.mean(axis=1)

@@ -115,6 +115,11 @@ class LatentCodec(nn.Module):
             raise ValueError(f"codec {self.cfg.name!r} expects frames [B, T, {size}, {size}, 3], got {list(frames.shape)}")
         return frames
 
+    def architecture(self) -> dict | None:
+        """The backbone's model config as plain JSON values (None: no backbone). Saved in
+        world-model checkpoints, so the codec is rebuilt there without its weights folder."""
+        return None
+
     def fingerprint(self) -> str:
         """Hash of everything that determines the latents: name, settings and weights."""
         settings = {k: v for k, v in dataclasses.asdict(self.cfg).items() if k not in ("path", "chunk_size")}
@@ -130,13 +135,17 @@ class VAECodec(LatentCodec):
 
     can_decode = True
 
-    def __init__(self, cfg: CodecConfig):
+    def __init__(self, cfg: CodecConfig, architecture: dict | None = None):
         from diffusers import AutoencoderKL
 
-        folder = _config_folder(cfg, "config.json")
-        if _read_json(folder / "config.json").get("_class_name") != "AutoencoderKL":
-            raise ValueError(f"{folder} is not a diffusers AutoencoderKL folder (config _class_name)")
-        vae = _load(AutoencoderKL, folder, cfg)
+        if architecture is None:
+            folder = _config_folder(cfg, "config.json")
+            if _read_json(folder / "config.json").get("_class_name") != "AutoencoderKL":
+                raise ValueError(f"{folder} is not a diffusers AutoencoderKL folder (config _class_name)")
+            vae = _load(AutoencoderKL, folder, cfg)
+        else:  # weights come from the world-model checkpoint's state dict
+            folder = "the checkpoint"
+            vae = AutoencoderKL.from_config(architecture)
         c = vae.config
         if cfg.name == "trained_vae" and c.sample_size != cfg.image_size:
             raise ValueError(f"trained VAE in {folder} was trained at {c.sample_size} px, but image_size is {cfg.image_size}")
@@ -148,6 +157,9 @@ class VAECodec(LatentCodec):
         self.shift_factor = float(c.shift_factor or 0.0)  # SD3/Flux-style VAEs shift before scaling
         self.vae = vae
         self.freeze()
+
+    def architecture(self) -> dict:
+        return _plain(dict(self.vae.config))
 
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
         mean = self.vae.encode(x * 2 - 1).latent_dist.mean  # [n, C, h, w]
@@ -188,14 +200,21 @@ class PatchFeatureCodec(LatentCodec):
 
     model_types: tuple[str, ...] = ()
 
-    def __init__(self, cfg: CodecConfig):
-        from transformers import AutoModel
+    def __init__(self, cfg: CodecConfig, architecture: dict | None = None):
+        from transformers import AutoConfig, AutoModel
 
-        folder = _config_folder(cfg, "config.json")
-        model_type = _read_json(folder / "config.json").get("model_type")
+        if architecture is None:
+            folder = _config_folder(cfg, "config.json")
+            model_type = _read_json(folder / "config.json").get("model_type")
+        else:  # weights come from the world-model checkpoint's state dict
+            folder, model_type = "the checkpoint", architecture.get("model_type")
         if model_type not in self.model_types:
             raise ValueError(f"{folder} holds a {model_type!r} model; codec {cfg.name!r} needs one of {self.model_types}")
-        model = _load(AutoModel, folder, cfg)
+        if architecture is None:
+            model = _load(AutoModel, folder, cfg)
+        else:
+            settings = {k: v for k, v in architecture.items() if k != "model_type"}
+            model = AutoModel.from_config(AutoConfig.for_model(model_type, **settings))
         size = cfg.encoder_size or self._native_size(model.config)
         p = model.config.patch_size
         if size % p:
@@ -206,6 +225,9 @@ class PatchFeatureCodec(LatentCodec):
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.freeze()
+
+    def architecture(self) -> dict:
+        return _plain(self.model.config.to_dict())
 
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
         # Antialiased resize has no bfloat16 kernel on CPU: resize in float32.
@@ -249,8 +271,8 @@ class VJEPACodec(PatchFeatureCodec):
     def _native_size(config) -> int:
         return config.crop_size
 
-    def __init__(self, cfg: CodecConfig):
-        super().__init__(cfg)
+    def __init__(self, cfg: CodecConfig, architecture: dict | None = None):
+        super().__init__(cfg, architecture)
         if self.size != self.model.config.crop_size:
             # Its RoPE grid is fixed by crop_size; another input size would misplace tokens.
             raise ValueError(f"V-JEPA 2 needs encoder_size == crop_size {self.model.config.crop_size}, got {self.size}")
@@ -263,11 +285,22 @@ class VJEPACodec(PatchFeatureCodec):
 CODECS = {"vae": VAECodec, "trained_vae": VAECodec, "pixels": PixelCodec, "dino": DinoCodec, "vjepa": VJEPACodec}
 
 
-def build_codec(cfg: CodecConfig | dict) -> LatentCodec:
-    """Build a frozen codec from its config (a `CodecConfig` or a dict of its fields)."""
+def build_codec(cfg: CodecConfig | dict, architecture: dict | None = None) -> LatentCodec:
+    """Build a frozen codec from its config (a `CodecConfig` or a dict of its fields).
+
+    With ``architecture`` (a codec's ``architecture()``, as world-model checkpoints store it)
+    the backbone is built from it with uninitialised weights, for a state dict to fill, and
+    ``cfg.path`` is not read."""
     if not isinstance(cfg, CodecConfig):
         cfg = CodecConfig(**cfg)
-    return CODECS[cfg.name](cfg)
+    if architecture is None or cfg.name == "pixels":
+        return CODECS[cfg.name](cfg)
+    return CODECS[cfg.name](cfg, architecture)
+
+
+def _plain(config: dict) -> dict:
+    """A model config as JSON values only (tuples -> lists, dtypes -> names)."""
+    return json.loads(json.dumps(config, default=str))
 
 
 def _config_folder(cfg: CodecConfig, config_file: str) -> Path:

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from wmplan.models.nanowm import shift_actions
 
 OBJECTIVES = ("eps", "v", "x", "flow")
-SCHEDULES = ("linear", "squaredcos_cap_v2")
+BETA_SCHEDULES = ("linear", "squaredcos_cap_v2")
 TIMESTEP_SAMPLINGS = ("uniform", "logit_normal")
 
 
@@ -45,7 +45,7 @@ class DiffusionConfig:
     def __post_init__(self) -> None:
         for name, value, allowed in (
             ("objective", self.objective, OBJECTIVES),
-            ("schedule", self.schedule, SCHEDULES),
+            ("schedule", self.schedule, BETA_SCHEDULES),
             ("timestep_sampling", self.timestep_sampling, TIMESTEP_SAMPLINGS),
         ):
             if value not in allowed:
@@ -85,24 +85,26 @@ class Diffusion:
         self.cfg = cfg
         self.num_timesteps = cfg.num_train_timesteps
         self.is_flow = cfg.objective == "flow"
-        scheduler = DDIMScheduler(
-            num_train_timesteps=cfg.num_train_timesteps,
-            beta_schedule=cfg.schedule,
-            rescale_betas_zero_snr=cfg.zero_terminal_snr,
-        )
-        self.alphas_cumprod = scheduler.alphas_cumprod  # [T] float32, identical to diffusers
-        # Index 0 is the clean sample (abar = 1, diffusers' final_alpha_cumprod), reached by t = -1.
-        self._abar_from_clean = torch.cat([torch.ones(1), self.alphas_cumprod])
+        self.alphas_cumprod: Tensor | None = None  # flow has no beta schedule
+        if not self.is_flow:
+            scheduler = DDIMScheduler(
+                num_train_timesteps=cfg.num_train_timesteps,
+                beta_schedule=cfg.schedule,
+                rescale_betas_zero_snr=cfg.zero_terminal_snr,
+            )
+            self.alphas_cumprod = scheduler.alphas_cumprod  # [T] float32, identical to diffusers
+            # Index 0 is the clean sample (abar = 1, diffusers' final_alpha_cumprod), reached by t = -1.
+            self._abar_from_clean = torch.cat([torch.ones(1), self.alphas_cumprod])
 
     # -- noise levels ---------------------------------------------------------------
-    def timestep(self, fraction: Tensor | float) -> Tensor:
+    def level_to_timestep(self, fraction: Tensor | float) -> Tensor:
         """Noise-level fraction u in [0, 1) -> model timestep: floor(u T) (diffusion) or u T (flow)."""
         t = torch.as_tensor(fraction, dtype=torch.float64) * self.num_timesteps
         if not self.is_flow:
             t = t.floor().clamp(max=self.num_timesteps - 1)
         return t.float()
 
-    def sample_timesteps(self, shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
+    def draw_training_timesteps(self, shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
         """Independent training noise levels, e.g. shape (B, T) for diffusion forcing."""
         device = generator.device
         if self.cfg.timestep_sampling == "uniform":
@@ -110,9 +112,9 @@ class Diffusion:
         else:  # logit-normal: u = sigmoid(n), n ~ N(mean, std)
             n = torch.randn(shape, generator=generator, device=device)
             u = torch.sigmoid(self.cfg.logit_mean + self.cfg.logit_std * n)
-        return self.timestep(u)
+        return self.level_to_timestep(u)
 
-    def sampling_timesteps(self, steps: int) -> Tensor:
+    def sampler_timesteps(self, steps: int) -> Tensor:
         """Levels [steps + 1] of a `steps`-step sampler; entry k for step index k.
 
         Index `steps` is the terminal level, index 0 the clean sample (t = -1 for diffusion,
@@ -206,8 +208,8 @@ class Diffusion:
             raise ValueError(f"context_frames={n_ctx} leaves no frame to predict in a {n_frames}-frame clip")
         device = latents.device
 
-        t = self.sample_timesteps((b, n_frames), generator).to(device)  # [B, T]
-        t[:, :n_ctx] = self.timestep(self.cfg.context_noise_level)
+        t = self.draw_training_timesteps((b, n_frames), generator).to(device)  # [B, T]
+        t[:, :n_ctx] = self.level_to_timestep(self.cfg.context_noise_level)
         shifted = shift_actions(actions)  # [B, T, Aw]: frame t gets a_{t-1}, frame 0 zeros
         action_mask = None
         if self.cfg.action_dropout > 0:

@@ -274,9 +274,14 @@ class NanoWM(nn.Module):
         return out, out_proprio
 
     @property
+    def causal(self) -> bool:
+        """Temporal attention is causal: frame t never sees later frames."""
+        return self.cfg.causal
+
+    @property
     def supports_context_cache(self) -> bool:
         """Context frames can be run once and cached only when temporal attention is causal."""
-        return self.cfg.causal
+        return self.causal
 
     def cache_context(self, x: Tensor, t: Tensor, actions: Tensor, proprio: Tensor | None = None) -> ContextCache:
         """Run context frames x [B, Tc, C, h, w] (levels t [B, Tc], actions [B, Tc, Aw], proprio

@@ -10,6 +10,7 @@ small context noise level (history stabilization), as in training.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
@@ -21,36 +22,50 @@ from wmplan.models.diffusion import Diffusion, per_frame
 from wmplan.models.nanowm import ContextCache
 
 SAMPLERS = ("ddim", "euler")
-SCHEDULES = ("sequential", "pyramid", "full_sequence")
+FRAME_SCHEDULES = ("sequential", "pyramid", "full_sequence")
 
 
 @dataclass
 class SamplerConfig:
-    """How to sample: `ddim` for eps/v/x objectives, `euler` for flow."""
+    """How to sample. ``sampler`` and ``context_noise_level`` belong to the model: left None
+    they are read from its training objective and level (``resolve_sampler``); a value that
+    contradicts the model is refused, naming both."""
 
-    sampler: str = "ddim"  # ddim | euler
+    sampler: str | None = None  # ddim (eps/v/x objectives) | euler (flow) | None: from the objective
     steps: int = 20  # sampling steps per frame
     eta: float = 0.0  # DDIM stochasticity (0 = deterministic); euler needs 0
     schedule: str = "sequential"  # sequential | pyramid | full_sequence
     guidance_scale: float = 1.0  # classifier-free action guidance; 1 = off
-    context_noise_level: float = 0.02  # history stabilization level, fraction of T
+    context_noise_level: float | None = None  # history stabilization level; None: the training level
     context_cache: bool = True  # run context frames once per window, not at every step (causal models)
 
     def __post_init__(self) -> None:
-        if self.sampler not in SAMPLERS:
-            raise ValueError(f"SamplerConfig.sampler={self.sampler!r}; expected one of {SAMPLERS}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"SamplerConfig.schedule={self.schedule!r}; expected one of {SCHEDULES}")
+        if self.sampler is not None and self.sampler not in SAMPLERS:
+            raise ValueError(f"SamplerConfig.sampler={self.sampler!r}; expected one of {SAMPLERS} or None")
+        if self.schedule not in FRAME_SCHEDULES:
+            raise ValueError(f"SamplerConfig.schedule={self.schedule!r}; expected one of {FRAME_SCHEDULES}")
         if self.steps < 1:
             raise ValueError(f"SamplerConfig.steps must be >= 1, got {self.steps}")
         if self.eta < 0:
             raise ValueError(f"SamplerConfig.eta must be >= 0, got {self.eta}")
-        if self.sampler == "euler" and self.eta != 0:
-            raise ValueError(f"the euler (flow) sampler is deterministic; eta must be 0, got {self.eta}")
-        if not 0.0 <= self.context_noise_level < 1.0:
+        if self.context_noise_level is not None and not 0.0 <= self.context_noise_level < 1.0:
             raise ValueError(f"context_noise_level must be in [0, 1), got {self.context_noise_level}")
         if self.guidance_scale < 0:
             raise ValueError(f"guidance_scale must be >= 0, got {self.guidance_scale}")
+
+
+def resolve_sampler(cfg: SamplerConfig, diffusion: Diffusion) -> SamplerConfig:
+    """``cfg`` with the model's sampler kind and context noise level filled in; an explicit
+    value that contradicts the model is a ValueError naming both."""
+    objective, trained_level = diffusion.cfg.objective, diffusion.cfg.context_noise_level
+    sampler = "euler" if diffusion.is_flow else "ddim"
+    if cfg.sampler not in (None, sampler):
+        raise ValueError(f"sampler.sampler={cfg.sampler!r} contradicts the model: its objective {objective!r} "
+                         f"samples with {sampler!r} (leave sampler.sampler unset to read it from the model)")
+    if cfg.context_noise_level not in (None, trained_level):
+        raise ValueError(f"sampler.context_noise_level={cfg.context_noise_level} contradicts the model, trained at "
+                         f"diffusion.context_noise_level={trained_level} (leave it unset to read it from the model)")
+    return dataclasses.replace(cfg, sampler=sampler, context_noise_level=trained_level)
 
 
 def scheduling_matrix(mode: str, n_frames: int, steps: int) -> Tensor:
@@ -60,8 +75,8 @@ def scheduling_matrix(mode: str, n_frames: int, steps: int) -> Tensor:
     pyramid 1, sequential `steps` (one frame at a time). Within a row later frames are
     never less noisy, so the frames that change between two rows are contiguous.
     """
-    if mode not in SCHEDULES:
-        raise ValueError(f"scheduling mode {mode!r}; expected one of {SCHEDULES}")
+    if mode not in FRAME_SCHEDULES:
+        raise ValueError(f"scheduling mode {mode!r}; expected one of {FRAME_SCHEDULES}")
     if n_frames < 1 or steps < 1:
         raise ValueError(f"need n_frames >= 1 and steps >= 1, got {n_frames}, {steps}")
     lag = {"full_sequence": 0, "pyramid": 1, "sequential": steps}[mode]
@@ -142,11 +157,11 @@ def _denoise_window(
     n_ctx, (n, n_new) = context[0].shape[1], new[0].shape[:2]
     repeats, device = n // context[0].shape[0], new[0].device
     levels = scheduling_matrix(cfg.schedule, n_new, cfg.steps)  # [R, Tn]
-    t_step = diffusion.sampling_timesteps(cfg.steps)[levels].to(device)  # [R, Tn]
-    t_context = diffusion.timestep(cfg.context_noise_level).to(device)
+    t_step = diffusion.sampler_timesteps(cfg.steps)[levels].to(device)  # [R, Tn]
+    t_context = diffusion.level_to_timestep(cfg.context_noise_level).to(device)
     t_model = torch.where(levels.to(device) == 0, t_context, t_step)  # finished frames sit at the context level
     expanded = [c.repeat_interleave(repeats, dim=0) for c in context]  # [B, Tc, ...]
-    past = None
+    past, causal = None, getattr(model, "causal", True)
     if cfg.context_cache and getattr(model, "supports_context_cache", False):
         ctx_t = t_context.expand(context[0].shape[:2])
         past = model.cache_context(context[0], ctx_t, actions[::repeats, :n_ctx], *context[1:])
@@ -158,11 +173,14 @@ def _denoise_window(
         changing = (levels[r] != levels[r + 1]).nonzero()[:, 0]
         lo, hi = int(changing[0]), int(changing[-1]) + 1
         n_finished = int((levels[r + 1, lo:hi] == 0).sum())  # a prefix of lo..hi: earlier frames finish first
-        # The denoiser is causal in time, so the pure-noise frames after `hi` cannot matter: leave them out.
+        # A causal denoiser cannot see the pure-noise frames after `hi`: leave them out. A
+        # bidirectional one sees the whole window at its current levels, as in training.
+        end = hi if causal else n_new
         if past is None:
-            inputs = [torch.cat([c, s[:, :hi]], 1) for c, s in zip(expanded, states)]
-            t = torch.cat([t_context.expand(n_ctx), t_model[r, :hi]])
-            outs = _guided_outputs(model, inputs, t, actions[:, : n_ctx + hi], n_ctx + lo, cfg.guidance_scale, None)
+            inputs = [torch.cat([c, s[:, :end]], 1) for c, s in zip(expanded, states)]
+            t = torch.cat([t_context.expand(n_ctx), t_model[r, :end]])
+            outs = _guided_outputs(model, inputs, t, actions[:, : n_ctx + end], n_ctx + lo, cfg.guidance_scale, None)
+            outs = [o[:, : hi - lo] for o in outs]
         else:
             outs = _guided_outputs(model, [s[:, :hi] for s in states], t_model[r, :hi],
                                    actions[:, n_ctx : n_ctx + hi], lo, cfg.guidance_scale, past)
@@ -210,6 +228,7 @@ def generate(
     Gradients flow if the caller enables them (no in-place updates); autocast is respected.
     Returns (latents [B * candidates, H, C, h, w], proprio [B * candidates, H, P] | None).
     """
+    cfg = resolve_sampler(cfg, diffusion)
     _check_generate_inputs(diffusion, context, context_proprio, actions, context_actions, cfg, window, candidates)
     b, n_ctx = context.shape[:2]
     horizon, device = actions.shape[1], context.device
@@ -222,7 +241,7 @@ def generate(
         context_actions = null_action[:b].expand(b, n_ctx - 1, -1)
     seq_actions = torch.cat([context_actions.repeat_interleave(candidates, dim=0), actions], 1)  # entry i -> frame i+1
 
-    t_context = diffusion.timestep(cfg.context_noise_level).to(device)
+    t_context = diffusion.level_to_timestep(cfg.context_noise_level).to(device)
     clean = [context] if context_proprio is None else [context, context_proprio]
     # Context rows stay at batch B until the window slides onto generated frames.
     contexts = [diffusion.q_sample(x, t_context.expand(n_ctx), randn_tensor(x.shape, generator, device, x.dtype))
@@ -247,9 +266,8 @@ def _check_generate_inputs(
     diffusion: Diffusion, context: Tensor, context_proprio: Tensor | None, actions: Tensor,
     context_actions: Tensor | None, cfg: SamplerConfig, window: int, candidates: int,
 ) -> None:
-    expected = "euler" if diffusion.is_flow else "ddim"
-    if cfg.sampler != expected:
-        raise ValueError(f"objective {diffusion.cfg.objective!r} needs sampler {expected!r}, got {cfg.sampler!r}")
+    if cfg.sampler == "euler" and cfg.eta != 0:
+        raise ValueError(f"the euler (flow) sampler is deterministic; eta must be 0, got {cfg.eta}")
     if context.ndim != 5 or actions.ndim != 3:
         raise ValueError(f"context must be [B, Tc, C, h, w] and actions [B, H, Aw], got "
                          f"{tuple(context.shape)} and {tuple(actions.shape)}")
@@ -266,4 +284,4 @@ def _check_generate_inputs(
     if context_actions is not None and context_actions.shape != (b, n_ctx - 1, actions.shape[2]):
         raise ValueError(f"context_actions must be [{b}, {n_ctx - 1}, {actions.shape[2]}], "
                          f"got {tuple(context_actions.shape)}")
-    diffusion.sampling_timesteps(cfg.steps)  # validates steps against the training timesteps
+    diffusion.sampler_timesteps(cfg.steps)  # validates steps against the training timesteps

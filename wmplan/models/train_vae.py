@@ -10,6 +10,8 @@ written atomically and then loaded back through `build_codec` to report held-out
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -24,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
+from wmplan.atomic import atomic_path
+from wmplan.cli import reports_user_errors
 from wmplan.config_dir import CONFIG_DIR
 from wmplan.hardware import autocast, check_precision, default_device, tune_cpu_allocator
 from wmplan.metrics import psnr, ssim
@@ -49,6 +53,7 @@ class VAETrainConfig:
     device: str = "auto"  # auto (cuda, mps, else cpu) | cpu | cuda | mps
     precision: str = "auto"  # auto (bf16 where it runs natively and fast, see wmplan.hardware) | bf16 | fp32
     log_every: int = 100
+    checkpoint_every: int = 250  # steps between resume points (a killed run continues from the last)
 
     def __post_init__(self) -> None:
         self.block_out_channels = tuple(self.block_out_channels)
@@ -67,9 +72,12 @@ def train_vae(data: str | Path | np.ndarray, out_dir: str | Path, cfg: VAETrainC
     device = torch.device(default_device() if cfg.device == "auto" else cfg.device)
     vae = _new_vae(cfg, resolution=train.shape[1]).to(device)
     start = time.perf_counter()
-    _fit(vae, train, cfg, device)
+    resume = Path(out_dir).with_name(f".{Path(out_dir).name}.resume.pt")
+    resume.parent.mkdir(parents=True, exist_ok=True)
+    _fit(vae, train, cfg, device, resume)
     vae.register_to_config(scaling_factor=_unit_variance_scale(vae, train, cfg, rng, device))
     result = _save(vae.cpu(), Path(out_dir), val)
+    resume.unlink(missing_ok=True)
     result.update(train_frames=len(train), seconds=round(time.perf_counter() - start, 1))
     return result
 
@@ -120,12 +128,16 @@ def _to_model(frames: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(frames).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
-def _fit(vae, frames: np.ndarray, cfg: VAETrainConfig, device: torch.device) -> None:
+def _fit(vae, frames: np.ndarray, cfg: VAETrainConfig, device: torch.device, resume: Path | None = None) -> None:
+    """AdamW steps on random batches; every ``cfg.checkpoint_every`` steps the model, optimizer
+    and generator go to ``resume`` (if given), from which a killed run continues bit for bit."""
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(cfg.seed)
     recon_fn = F.l1_loss if cfg.recon_loss == "l1" else F.mse_loss
+    run_id = _run_id(cfg, frames)
+    first = 1 if resume is None else _load_resume(resume, run_id, vae, opt, gen) + 1
     vae.train()
-    for step in range(1, cfg.steps + 1):
+    for step in range(first, cfg.steps + 1):
         idx = torch.randint(len(frames), (cfg.batch_size,), generator=gen).numpy()
         x = _to_model(frames[idx], device)  # [b, 3, H, W]
         with autocast(cfg.precision, device):
@@ -140,7 +152,39 @@ def _fit(vae, frames: np.ndarray, cfg: VAETrainConfig, device: torch.device) -> 
         opt.step()
         if step % cfg.log_every == 0 or step == cfg.steps:
             print(f"step {step}/{cfg.steps}  loss {loss.item():.4f}  {cfg.recon_loss} {rec.item():.4f}  kl {kl.item():.3f}")
+        if resume is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
+            state = {"run": run_id, "step": step, "vae": vae.state_dict(), "optimizer": opt.state_dict(),
+                     "generator": gen.get_state()}
+            with atomic_path(resume) as tmp:
+                torch.save(state, tmp)
     vae.eval()
+
+
+def _run_id(cfg: VAETrainConfig, frames: np.ndarray) -> str:
+    """What a resume point must match: the settings and the training frames."""
+    digest = hashlib.sha256(json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str).encode())
+    digest.update(str(frames.shape).encode())
+    digest.update(np.ascontiguousarray(frames[:: max(1, len(frames) // 64)]).tobytes())
+    return digest.hexdigest()
+
+
+def _load_resume(resume: Path, run_id: str, vae, opt: torch.optim.Optimizer, gen: torch.Generator) -> int:
+    """Restore ``resume`` if it belongs to this run; returns the step it holds (0: none)."""
+    if not resume.is_file():
+        return 0
+    try:
+        state = torch.load(resume, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated or foreign file: start over, say why
+        print(f"ignoring unreadable resume point {resume} ({err}); starting from step 0")
+        return 0
+    if state.get("run") != run_id:
+        print(f"resume point {resume} belongs to other settings or data; starting from step 0")
+        return 0
+    vae.load_state_dict(state["vae"])
+    opt.load_state_dict(state["optimizer"])
+    gen.set_state(state["generator"])
+    print(f"resuming VAE training from step {state['step']} ({resume})")
+    return int(state["step"])
 
 
 @torch.no_grad()
@@ -184,6 +228,7 @@ def _replace_dir(src: Path, dst: Path) -> None:
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="train_vae", version_base="1.3")
+@reports_user_errors("wmplan-train-vae")
 def main(cfg: DictConfig) -> None:
     tune_cpu_allocator()
     train_cfg = VAETrainConfig(**OmegaConf.to_container(cfg.train, resolve=True))

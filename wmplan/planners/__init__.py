@@ -14,8 +14,7 @@ from wmplan.planners.cem import CEM, CEMConfig
 from wmplan.planners.gradient import GradientConfig, GradientPlanner
 from wmplan.planners.mppi import MPPI, MPPIConfig
 from wmplan.planners.objectives import ObjectiveConfig, WeightedSum, make_objective
-from wmplan.planners.oracle import RandomActions, RandomActionsConfig
-from wmplan.planners.random_shooting import RandomShooting, RandomShootingConfig
+from wmplan.planners.random_shooting import RandomActions, RandomActionsConfig, RandomShooting, RandomShootingConfig
 
 PLANNERS: dict[str, tuple[type, type[Planner]]] = {
     "cem": (CEMConfig, CEM),

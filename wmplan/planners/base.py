@@ -5,6 +5,10 @@ world only through ``rollout_fn(actions [B, S, H, Aw]) -> Prediction`` (S candid
 episode) and an ``Objective(pred, goal, actions) -> cost [B, S]``; it never touches the
 real environment. Actions live in the box [-1, 1]: every candidate is clamped before it is
 scored, so the returned plan always respects the bounds.
+
+A planner action packs ``frameskip`` env actions (``Aw = frameskip * A``). ``plan`` unpacks
+them: ``search`` works in env time, on actions [B, T, A] with ``T = H * frameskip`` (rollouts
+and objectives still get planner actions), so samplers can correlate noise over env steps.
 """
 
 from __future__ import annotations
@@ -59,21 +63,17 @@ def randn(shape: tuple[int, ...], generator: Generators, device: torch.device) -
     return per_episode(lambda s, g: torch.randn(s, generator=g, device=g.device), shape, generator, device)
 
 
-def colored_noise(
-    shape: tuple[int, ...], beta: float, frameskip: int, generator: Generators, device: torch.device
-) -> Tensor:
-    """Unit-variance Gaussian noise [B, S, H, Aw] with power spectrum ~ 1/f^beta over env time.
+def colored_noise(shape: tuple[int, ...], beta: float, generator: Generators, device: torch.device) -> Tensor:
+    """Unit-variance Gaussian noise [B, S, T, A] with power spectrum ~ 1/f^beta over env time T.
 
-    ``Aw = frameskip * A`` packs ``frameskip`` env actions per planner step, so env time has
-    ``H * frameskip`` steps. ``beta = 0`` is white noise; larger ``beta`` correlates successive
-    env actions (iCEM, Pinneri et al. 2020), so samples move far in one direction instead of
-    jittering in place. Each frequency gets a complex N(0, 1) coefficient scaled by
-    ``f^(-beta/2)`` and the signal is divided by its exact standard deviation.
+    ``beta = 0`` is white noise; larger ``beta`` correlates successive env actions (iCEM,
+    Pinneri et al. 2020), so samples move far in one direction instead of jittering in place.
+    Each frequency gets a complex N(0, 1) coefficient scaled by ``f^(-beta/2)`` and the signal
+    is divided by its exact standard deviation.
     """
     if beta == 0:
         return randn(shape, generator, device)
-    *lead, H, Aw = shape
-    T, A = H * frameskip, Aw // frameskip
+    *lead, T, A = shape
     f = torch.fft.rfftfreq(T, dtype=torch.float64)  # [F]
     f[0] = f[1] if T > 1 else 1.0  # the DC term gets the lowest frequency's power
     scale = f ** (-beta / 2)  # [F]
@@ -86,8 +86,7 @@ def colored_noise(
     edges = scale[0] ** 2 + (scale[-1] ** 2 if T % 2 == 0 else 0.0)
     mid = scale[1:-1] if T % 2 == 0 else scale[1:]
     std = (edges + 4 * (mid**2).sum()).sqrt() / T
-    noise = (signal / std).float().transpose(-1, -2)  # [*lead, T, A]
-    return noise.reshape(*lead, H, Aw).to(device)
+    return (signal / std).float().transpose(-1, -2).contiguous().to(device)  # [*lead, T, A]
 
 
 def uniform_actions(shape: tuple[int, ...], generator: Generators, device: torch.device) -> Tensor:
@@ -96,10 +95,10 @@ def uniform_actions(shape: tuple[int, ...], generator: Generators, device: torch
 
 
 def warm_started_candidates(init: Tensor, n: int, generator: Generators) -> Tensor:
-    """``n`` uniform candidates per episode [B, n, H, Aw] whose first is the warm start ``init``
-    [B, H, Aw], so replanning never discards a plan that still scores best."""
-    B, H, A = init.shape
-    candidates = uniform_actions((B, n, H, A), generator, init.device)
+    """``n`` uniform candidates per episode [B, n, T, A] whose first is the warm start ``init``
+    [B, T, A], so replanning never discards a plan that still scores best."""
+    B, T, A = init.shape
+    candidates = uniform_actions((B, n, T, A), generator, init.device)
     candidates[:, 0] = init
     return candidates
 
@@ -126,8 +125,8 @@ class Planner(ABC):
     ) -> PlanResult:
         """Best action sequences [B, H, Aw] found for ``goal``; ``init`` [B, H, Aw] warm-starts.
 
-        ``frameskip``: env actions packed in one planner action (``Aw = frameskip * A``), which
-        lets samplers correlate noise over env time. ``generator``: one for the batch, or one
+        ``frameskip``: env actions packed in one planner action (``Aw = frameskip * A``); the
+        search runs over the unpacked env actions. ``generator``: one for the batch, or one
         per episode (a list of B), which makes each episode's search independent of the
         others. Without one the search is seeded 0, so an unseeded call is still reproducible.
         """
@@ -140,20 +139,30 @@ class Planner(ABC):
         generator = generator if generator is not None else torch.Generator().manual_seed(0)
         if not isinstance(generator, torch.Generator) and len(generator) != batch_size:
             raise ValueError(f"need one generator per episode ({batch_size}), got {len(generator)}")
-        return self.search(rollout_fn, objective, goal, init.clamp(ACTION_LOW, ACTION_HIGH), generator, frameskip)
+
+        def packed(actions: Tensor) -> Tensor:  # env actions [..., T, A] -> planner actions [..., H, Aw]
+            return actions.reshape(*actions.shape[:-2], horizon, action_dim)
+
+        result = self.search(
+            lambda actions: rollout_fn(packed(actions)),
+            lambda pred, target, actions: objective(pred, target, packed(actions)),
+            goal,
+            init.clamp(ACTION_LOW, ACTION_HIGH).reshape(batch_size, horizon * frameskip, action_dim // frameskip),
+            generator,
+        )
+        return PlanResult(actions=packed(result.actions), cost=result.cost)
 
     @abstractmethod
     def search(
-        self, rollout_fn: RolloutFn, objective: Objective, goal: Goal, init: Tensor, generator: Generators,
-        frameskip: int,
+        self, rollout_fn: RolloutFn, objective: Objective, goal: Goal, init: Tensor, generator: Generators
     ) -> PlanResult:
-        """The planner's search from ``init`` [B, H, Aw] (the warm start, zeros without one);
-        ``frameskip`` env actions make up one planner action."""
+        """The planner's search over env actions from ``init`` [B, T, A] (the warm start, zeros
+        without one); ``rollout_fn`` and ``objective`` take candidates [B, S, T, A]."""
 
     def score(
         self, rollout_fn: RolloutFn, objective: Objective, goal: Goal, actions: Tensor, backward: bool = False
     ) -> Tensor:
-        """Cost [B, S] of candidates ``actions`` [B, S, H, Aw], scored in chunks of S.
+        """Cost [B, S] of candidates ``actions`` [B, S, T, A], scored in chunks of S.
 
         With ``backward`` the graph of each chunk is back-propagated and freed at once, so
         d(sum of costs)/d(actions) accumulates in the leaf's ``.grad`` with bounded memory
@@ -175,16 +184,16 @@ class Planner(ABC):
         return torch.cat(costs, dim=1)
 
     def result(self, rollout_fn: RolloutFn, objective: Objective, goal: Goal, actions: Tensor) -> PlanResult:
-        """Package a final plan [B, H, Aw] with its cost (one extra rollout of one candidate)."""
+        """Package a final plan [B, T, A] with its cost (one extra rollout of one candidate)."""
         actions = actions.detach().clamp(ACTION_LOW, ACTION_HIGH)
         cost = self.score(rollout_fn, objective, goal, actions[:, None])[:, 0]
         return PlanResult(actions=actions, cost=cost)
 
 
 def best_of(candidates: Tensor, costs: Tensor) -> tuple[Tensor, Tensor]:
-    """The cheapest of ``candidates`` [B, S, H, Aw] per episode: (actions [B, H, Aw], cost [B])."""
+    """The cheapest of ``candidates`` [B, S, T, A] per episode: (actions [B, T, A], cost [B])."""
     cost, idx = costs.min(dim=1)  # [B]
-    idx = idx[:, None, None, None].expand(-1, 1, *candidates.shape[2:])  # [B, 1, H, Aw]
+    idx = idx[:, None, None, None].expand(-1, 1, *candidates.shape[2:])  # [B, 1, T, A]
     return candidates.gather(1, idx)[:, 0], cost
 
 
@@ -229,17 +238,17 @@ class GaussianPlanner(Planner):
         self.noise_beta = noise_beta
 
     @abstractmethod
-    def update(self, samples: Tensor, costs: Tensor, mean: Tensor, std: Tensor) -> tuple[Tensor, Tensor]:
-        """New (mean, std) [B, H, Aw] from ``samples`` [B, S, H, Aw] and their ``costs`` [B, S]."""
+    def update(self, samples: Tensor, costs: Tensor) -> tuple[Tensor, Tensor]:
+        """New (mean, std) [B, T, A] from ``samples`` [B, S, T, A] and their ``costs`` [B, S]."""
 
-    def search(self, rollout_fn, objective, goal, init, generator, frameskip):
-        B, H, A = init.shape
+    def search(self, rollout_fn, objective, goal, init, generator):
+        B, T, A = init.shape
         mean, std = init, torch.full_like(init, self.init_sigma)
         for _ in range(self.iterations):
-            noise = colored_noise((B, self.num_samples, H, A), self.noise_beta, frameskip, generator, init.device)
-            samples = mean[:, None] + std[:, None] * noise  # [B, S, H, Aw]
+            noise = colored_noise((B, self.num_samples, T, A), self.noise_beta, generator, init.device)
+            samples = mean[:, None] + std[:, None] * noise  # [B, S, T, A]
             samples[:, 0] = mean
             samples = samples.clamp(ACTION_LOW, ACTION_HIGH)
             costs = self.score(rollout_fn, objective, goal, samples)  # [B, S]
-            mean, std = self.update(samples, costs, mean, std)
+            mean, std = self.update(samples, costs)
         return self.result(rollout_fn, objective, goal, mean)

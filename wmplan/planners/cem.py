@@ -29,8 +29,8 @@ class CEM(GaussianPlanner):
             raise ValueError(f"CEM topk must be in [2, num_samples={cfg.num_samples}], got {cfg.topk}")
         self.topk = cfg.topk
 
-    def update(self, samples: Tensor, costs: Tensor, mean: Tensor, std: Tensor) -> tuple[Tensor, Tensor]:
+    def update(self, samples: Tensor, costs: Tensor) -> tuple[Tensor, Tensor]:
         idx = costs.topk(self.topk, dim=1, largest=False).indices  # [B, k]
-        idx = idx[:, :, None, None].expand(-1, -1, *samples.shape[2:])  # [B, k, H, Aw]
-        elites = samples.gather(1, idx)  # [B, k, H, Aw]
+        idx = idx[:, :, None, None].expand(-1, -1, *samples.shape[2:])  # [B, k, T, A]
+        elites = samples.gather(1, idx)  # [B, k, T, A]
         return elites.mean(dim=1), elites.std(dim=1)

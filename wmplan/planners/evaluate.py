@@ -19,12 +19,14 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from wmplan.cli import reports_user_errors
 from wmplan.config_dir import CONFIG_DIR as _CONFIG_DIR
 from wmplan.envs import make
 from wmplan.hardware import tune_cpu_allocator
 from wmplan.planners import build_objective, build_planner
 from wmplan.planners.mpc import plan_horizons, run_mpc, sample_episodes, save_videos, summary_line, write_results
 from wmplan.planners.oracle import EnvDistance, OracleModel
+from wmplan.provenance import provenance
 
 CONFIG_DIR = str(_CONFIG_DIR)  # wmplan/configs, as the absolute string hydra.main needs
 BASELINES = ("oracle", "random")
@@ -49,8 +51,19 @@ def episodes_for(cfg: DictConfig, env) -> list[tuple[np.ndarray, np.ndarray]]:
     raise ValueError(f"goals.source must be 'env' or 'dataset', got {cfg.goals.source!r}")
 
 
-def model_and_objective(cfg: DictConfig, env) -> tuple[Any, Any, Any, str | None]:
-    """(encode_fn, make_rollout_fn, objective, checkpoint hash) for ``cfg.world_model``."""
+def context_history(cfg: DictConfig, wm: Any) -> int:
+    """Real observations in the planning context: the model's context frames, read from the
+    checkpoint; an explicit ``history`` must agree. Baselines see the current state (1)."""
+    if wm is None:
+        return 1 if cfg.history is None else int(cfg.history)
+    if cfg.history is not None and int(cfg.history) != wm.context_frames:
+        raise ValueError(f"history={cfg.history} contradicts checkpoint {cfg.world_model}, trained with "
+                         f"diffusion.context_frames={wm.context_frames} (leave history unset to read it)")
+    return wm.context_frames
+
+
+def model_and_objective(cfg: DictConfig, env) -> tuple[Any, Any, Any, Any]:
+    """(encode_fn, make_rollout_fn, objective, WorldModel or None) for ``cfg.world_model``."""
     if cfg.world_model in BASELINES:
         oracle = OracleModel(env)
         return oracle.encode, oracle.make_rollout_fn, EnvDistance(env), None
@@ -66,7 +79,7 @@ def model_and_objective(cfg: DictConfig, env) -> tuple[Any, Any, Any, str | None
     def make_rollout_fn(context):  # context["seeds"]: each episode's own noise (run_mpc)
         return lambda actions: wm.rollout(context, actions, seed=context["seeds"])
 
-    return wm.encode, make_rollout_fn, build_objective(cfg.objective), wm.checkpoint_hash
+    return wm.encode, make_rollout_fn, build_objective(cfg.objective), wm
 
 
 def check_frame_weights(cfg: DictConfig) -> None:
@@ -89,17 +102,18 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     check_frame_weights(cfg)
     env = make(cfg.env.id, frameskip=cfg.env.frameskip, resolution=cfg.env.resolution, **cfg.env.env_kwargs)
     episodes = episodes_for(cfg, env)
-    encode_fn, make_rollout_fn, objective, ckpt_hash = model_and_objective(cfg, env)
+    encode_fn, make_rollout_fn, objective, wm = model_and_objective(cfg, env)
     planner = build_planner({"name": "random"} if cfg.world_model == "random" else cfg.planner)
     records = run_mpc(
         env, planner, objective, encode_fn, make_rollout_fn, episodes,
         budget_env_steps=cfg.budget_env_steps, execute_k=cfg.execute_k, horizon=cfg.horizon,
-        history=cfg.history, seed=cfg.seed, budget_horizon=cfg.budget_horizon, progress=cfg.progress,
+        history=context_history(cfg, wm), seed=cfg.seed, budget_horizon=cfg.budget_horizon, progress=cfg.progress,
     )
     out_dir = Path(cfg.out_dir)
     config = OmegaConf.to_container(cfg, resolve=True)
     checkpoint = None if cfg.world_model in BASELINES else cfg.world_model
-    results = write_results(out_dir / "results.json", records, config, checkpoint, ckpt_hash)
+    results = write_results(out_dir / "results.json", records, config, checkpoint, wm and wm.checkpoint_hash,
+                            provenance(precision=wm and wm.precision))
     if cfg.videos:
         save_videos(records[: cfg.videos], out_dir / "videos", fmt=cfg.video_format)
     results["summary"] = summary_line(records, label=f"{cfg.env.name} {Path(str(cfg.world_model)).name}")
@@ -108,6 +122,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="plan", version_base="1.3")
+@reports_user_errors("wmplan-plan")
 def main(cfg: DictConfig) -> None:
     print(evaluate(cfg)["summary"])
 

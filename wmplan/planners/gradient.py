@@ -47,10 +47,9 @@ class GradientPlanner(Planner):
         self.restarts, self.iterations, self.lr = cfg.restarts, cfg.iterations, cfg.lr
 
     def search(
-        self, rollout_fn: RolloutFn, objective: Objective, goal: Goal, init: Tensor, generator: Generators,
-        frameskip: int,
+        self, rollout_fn: RolloutFn, objective: Objective, goal: Goal, init: Tensor, generator: Generators
     ) -> PlanResult:
-        actions = warm_started_candidates(init, self.restarts, generator).requires_grad_(True)  # [B, R, H, Aw]
+        actions = warm_started_candidates(init, self.restarts, generator).requires_grad_(True)  # [B, R, T, A]
         optimizer = torch.optim.Adam([actions], lr=self.lr)
         best_actions, best_cost = init, torch.full(init.shape[:1], float("inf"), device=init.device)
         for step in range(self.iterations + 1):

@@ -11,10 +11,8 @@ The main number is DINO-WM's *success at the end*: the last executed state succe
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from wmplan.atomic import write_json_atomic
 from wmplan.planners.base import Goal, Objective, Planner, RolloutFn
 from wmplan.seeding import stream_seed
 from wmplan.video import save_video, tile
@@ -286,8 +285,10 @@ def write_results(
     config: Mapping[str, Any],
     checkpoint: str | os.PathLike | None = None,
     checkpoint_hash: str | None = None,
+    provenance: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write results.json atomically (temp file + rename): summary, config, checkpoint, episodes.
+    """Write results.json atomically (temp file + rename): summary, config, checkpoint,
+    provenance (``wmplan.provenance``: commit, versions, machine, precision), episodes.
 
     ``checkpoint_hash`` is the world model's (``WorldModel.checkpoint_hash``, a sha256).
     """
@@ -295,20 +296,10 @@ def write_results(
         **summarize(records),
         "config": dict(config),
         "checkpoint": {"path": None if checkpoint is None else str(checkpoint), "sha256": checkpoint_hash},
+        "provenance": None if provenance is None else dict(provenance),
         "records": [r.to_json() for r in records],
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(results, f, indent=2, default=str)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    write_json_atomic(path, results, indent=2, sort_keys=False, default=str)
     return results
 
 

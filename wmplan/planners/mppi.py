@@ -28,11 +28,11 @@ class MPPI(GaussianPlanner):
             raise ValueError(f"MPPI temperature must be > 0, got {cfg.temperature}")
         self.temperature = cfg.temperature
 
-    def update(self, samples: Tensor, costs: Tensor, mean: Tensor, std: Tensor) -> tuple[Tensor, Tensor]:
+    def update(self, samples: Tensor, costs: Tensor) -> tuple[Tensor, Tensor]:
         # Costs are standardised per episode before the softmin: latent distances differ by
         # orders of magnitude between codecs, and a raw-cost temperature would need retuning.
         spread = costs.std(dim=1, keepdim=True).clamp_min(1e-12)
         logits = -(costs - costs.min(dim=1, keepdim=True).values) / (self.temperature * spread)
         weights = torch.softmax(logits, dim=1)  # [B, S]
-        mean = (weights[:, :, None, None] * samples).sum(dim=1)  # [B, H, Aw]
-        return mean, std
+        mean = (weights[:, :, None, None] * samples).sum(dim=1)  # [B, T, A]
+        return mean, torch.full_like(mean, self.init_sigma)  # the exploration noise stays fixed

@@ -1,4 +1,4 @@
-"""Baselines for the MPC harness: random actions (lower bound) and the true simulator (upper bound).
+"""The true simulator as a world model: the upper-bound baseline for the MPC harness.
 
 ``OracleModel(env)`` stands in for a world model: its "latents" are simulator states
 ``[state_dim, 1, 1]`` and its rollout is ``env.simulate`` (true dynamics, no rendering).
@@ -17,38 +17,16 @@ replan, ``cem`` (64 x 5) ~0.2 s. ``render=True`` adds one render per predicted f
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from wmplan.planners.base import (
-    Generators, Goal, Objective, PlanResult, Planner, Prediction, RolloutFn, uniform_actions,
-)
+from wmplan.planners.base import Goal, Prediction, RolloutFn
 
 if TYPE_CHECKING:
     import gymnasium as gym
-
-
-@dataclass
-class RandomActionsConfig:
-    name: str = "random"
-
-
-class RandomActions(Planner):
-    """Uniform random plans that ignore model and goal: the chance baseline."""
-
-    def __init__(self, cfg: RandomActionsConfig):  # no knobs: the config only names it
-        super().__init__(max_batch=1)
-
-    def search(
-        self, rollout_fn: RolloutFn, objective: Objective, goal: Goal, init: Tensor, generator: Generators,
-        frameskip: int,
-    ) -> PlanResult:
-        actions = uniform_actions(tuple(init.shape), generator, init.device)  # [B, H, Aw]
-        return self.result(rollout_fn, objective, goal, actions)
 
 
 class OracleModel:

@@ -1,14 +1,13 @@
-"""Random shooting: score uniform random plans once and keep the best."""
+"""Uniform random plans: random shooting (score many, keep the best) and the chance baseline."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 
 from wmplan.planners.base import (
-    Generators, Goal, Objective, PlanResult, Planner, RolloutFn, best_of, warm_started_candidates,
+    Generators, Goal, Objective, PlanResult, Planner, RolloutFn, best_of, uniform_actions, warm_started_candidates,
 )
 
 
@@ -29,9 +28,26 @@ class RandomShooting(Planner):
         self.num_samples = cfg.num_samples
 
     def search(
-        self, rollout_fn: RolloutFn, objective: Objective, goal: Goal, init: Tensor, generator: Generators,
-        frameskip: int,
+        self, rollout_fn: RolloutFn, objective: Objective, goal: Goal, init: Tensor, generator: Generators
     ) -> PlanResult:
-        samples = warm_started_candidates(init, self.num_samples, generator)  # [B, S, H, Aw]
+        samples = warm_started_candidates(init, self.num_samples, generator)  # [B, S, T, A]
         actions, cost = best_of(samples, self.score(rollout_fn, objective, goal, samples))
         return PlanResult(actions=actions, cost=cost)
+
+
+@dataclass
+class RandomActionsConfig:
+    name: str = "random"
+
+
+class RandomActions(Planner):
+    """Uniform random plans that ignore model and goal: the chance baseline."""
+
+    def __init__(self, cfg: RandomActionsConfig):  # no knobs: the config only names it
+        super().__init__(max_batch=1)
+
+    def search(
+        self, rollout_fn: RolloutFn, objective: Objective, goal: Goal, init: Tensor, generator: Generators
+    ) -> PlanResult:
+        actions = uniform_actions(tuple(init.shape), generator, init.device)  # [B, T, A]
+        return self.result(rollout_fn, objective, goal, actions)

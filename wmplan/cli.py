@@ -1,0 +1,36 @@
+"""What the command-line entry points share: bad input ends a command with one line.
+
+``wmplan-collect``, ``wmplan-train``, ``wmplan-train-vae`` and ``wmplan-plan`` check their
+inputs and raise ``ValueError`` / ``FileNotFoundError`` with a message that names the problem.
+At the command line that message is the whole output (``<command>: error: ...``, exit code 2);
+set ``WMPLAN_TRACEBACK=1`` to see the traceback as well. Other exceptions are bugs and keep
+their traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from typing import Any, Callable
+
+USER_ERRORS = (ValueError, FileNotFoundError)
+
+
+def reports_user_errors(command: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorate a CLI ``main`` (under ``hydra.main``) so a user error prints one line and exits 2."""
+
+    def decorate(main: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(main)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return main(*args, **kwargs)
+            except USER_ERRORS as err:
+                if os.environ.get("WMPLAN_TRACEBACK"):
+                    raise
+                print(f"{command}: error: {err}", file=sys.stderr)
+                raise SystemExit(2) from None
+
+        return wrapper
+
+    return decorate
