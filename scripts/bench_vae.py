@@ -15,7 +15,7 @@ import time
 import numpy as np
 import torch
 
-from wmplan.models.train_vae import VAETrainConfig, _fit, _new_vae
+from wmplan.train_vae import VAETrainConfig, _fit, _new_vae
 
 
 def seconds_per_step(cfg: VAETrainConfig, frames: np.ndarray, steps: int) -> float:

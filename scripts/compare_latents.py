@@ -29,7 +29,7 @@ from wmplan.config_dir import CONFIG_DIR
 from wmplan.data.dataset import load_dataset_info
 from wmplan.diagnostics import plan_tracking, prediction_quality, reference_sampler
 from wmplan.models.codecs import CODEC_NAMES, CodecConfig, build_codec
-from wmplan.models.train_vae import VAETrainConfig, train_vae
+from wmplan.train_vae import VAETrainConfig, train_vae
 from wmplan.planners.evaluate import evaluate
 from wmplan.rollout import WorldModel
 from wmplan.train import train

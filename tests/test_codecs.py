@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from wmplan.config_dir import CONFIG_DIR
 from wmplan.models.codecs import IMAGENET_MEAN, IMAGENET_STD, CodecConfig, build_codec
-from wmplan.models.train_vae import VAETrainConfig, train_vae
+from wmplan.train_vae import VAETrainConfig, train_vae
 
 SIZE = 32
 CONFIGS = CONFIG_DIR
@@ -276,7 +276,7 @@ import os, signal, sys
 import numpy as np, torch
 sys.path.insert(0, sys.argv[2])
 from test_codecs import _blobs, small_vae_training
-from wmplan.models.train_vae import train_vae
+from wmplan.train_vae import train_vae
 
 save = torch.save
 def die_at_step_4(obj, path, *args, **kwargs):

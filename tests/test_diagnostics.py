@@ -24,7 +24,7 @@ from wmplan.diagnostics import (
     validation_clips,
 )
 from wmplan.envs.config import load_env_config
-from wmplan.models.train_vae import VAETrainConfig
+from wmplan.train_vae import VAETrainConfig
 from wmplan.rollout import WorldModel
 from wmplan.train import train
 

@@ -233,3 +233,7 @@ def main(cfg: DictConfig) -> None:
     tune_cpu_allocator()
     train_cfg = VAETrainConfig(**OmegaConf.to_container(cfg.train, resolve=True))
     print(json.dumps(train_vae(cfg.dataset, cfg.out_dir, train_cfg)))
+
+
+if __name__ == "__main__":
+    main()
