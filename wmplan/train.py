@@ -57,6 +57,21 @@ class StepBatches(IterableDataset):
             step += workers
 
 
+class StreamRank(Callback):
+    """Gives a ``StepBatches`` its process's global rank once the strategy has set the ranks.
+
+    ``trainer.global_rank`` is right when the trainer is built only where every rank runs the
+    script itself (``ddp``, torchrun, SLURM). ``ddp_fork`` / ``ddp_notebook`` build it once,
+    as rank 0, and fork the ranks from it: read then, every rank trained on rank 0's batches.
+    """
+
+    def __init__(self, stream: StepBatches):
+        self.stream = stream
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.stream.rank = trainer.global_rank
+
+
 class AtomicCheckpoints(Callback):
     """``latest.ckpt`` every N steps (atomic replace) plus periodic snapshots."""
 
@@ -156,10 +171,9 @@ def train(cfg: DictConfig) -> Path:
         start_step = int(read_checkpoint(resume)["global_step"])
     trainer = build_trainer(cfg, out_dir)
     t = cfg.training
-    train_loader = DataLoader(
-        StepBatches(train_set, t.batch_size, t.seed, start=start_step * t.accumulate_grad_batches, rank=trainer.global_rank),
-        batch_size=None, num_workers=t.num_workers, persistent_workers=t.num_workers > 0,
-    )
+    stream = StepBatches(train_set, t.batch_size, t.seed, start=start_step * t.accumulate_grad_batches)
+    trainer.callbacks.append(StreamRank(stream))  # the rank is known only once fit() has started
+    train_loader = DataLoader(stream, batch_size=None, num_workers=t.num_workers, persistent_workers=t.num_workers > 0)
     val_loader = DataLoader(
         validation_subset(val_set, cfg.validation.num_clips, cfg.validation.seed),
         batch_size=cfg.validation.batch_size, shuffle=False, num_workers=0,
