@@ -22,6 +22,7 @@ def probe(monkeypatch):
         return Probe.speedup
 
     monkeypatch.setattr(hardware, "bf16_speedup", fake)
+    monkeypatch.delenv(hardware.AUTO_PRECISION_ENV, raising=False)  # no choice inherited from earlier tests
     return Probe
 
 
@@ -103,3 +104,14 @@ def test_allocator_tuning_applies_on_glibc_once():
 
 def test_matmul_peak_is_positive():
     assert hardware.matmul_peak(torch.float32, sizes=(64,), seconds=0.01) > 0
+
+
+def test_child_processes_inherit_the_auto_choice(probe, monkeypatch):
+    """DDP ranks launched by this process reuse its choice instead of timing again."""
+    probe.speedup = 3.0
+    assert hardware.resolve_precision("auto", "cpu") == "bf16"
+    assert hardware.os.environ[hardware.AUTO_PRECISION_ENV] == "cpu:bf16"
+    probe.speedup = 1.0  # a borderline second timing would disagree
+    assert hardware.resolve_precision("auto", "cpu") == "bf16" and probe.calls == 1
+    monkeypatch.setenv(hardware.AUTO_PRECISION_ENV, "cpu:fp32")
+    assert hardware.resolve_precision("auto", "cpu") == "fp32" and probe.calls == 1

@@ -2,11 +2,11 @@
 
 import torch
 
-from wmplan.module import ema_with_warmup
+from wmplan.module import EMAWithWarmup
 
 
 def test_ema_warms_up_then_uses_the_configured_decay():
-    update = ema_with_warmup(0.999)
+    update = EMAWithWarmup(0.999)
     ema, current = [torch.zeros(2)], [torch.ones(2)]
     update(ema, current, torch.tensor(1))  # decay min(0.999, 2/11): mostly the current weights
     torch.testing.assert_close(ema[0], torch.full((2,), 1 - 2 / 11))
@@ -16,7 +16,7 @@ def test_ema_warms_up_then_uses_the_configured_decay():
 
 
 def test_ema_forgets_the_initial_weights_in_a_short_run():
-    update = ema_with_warmup(0.999)
+    update = EMAWithWarmup(0.999)
     ema, current = [torch.zeros(3)], [torch.ones(3)]
     for n in range(1, 1251):
         update(ema, current, torch.tensor(n))
@@ -24,7 +24,7 @@ def test_ema_forgets_the_initial_weights_in_a_short_run():
 
 
 def test_ema_copies_integer_buffers():
-    update = ema_with_warmup(0.9)
+    update = EMAWithWarmup(0.9)
     ema = [torch.zeros(2, dtype=torch.long)]
     update(ema, [torch.tensor([3, 4])], torch.tensor(5))
     assert ema[0].tolist() == [3, 4]

@@ -143,3 +143,6 @@ def test_wheel_ships_every_config_and_no_top_level_configs(tmp_path):
     assert "wmplan/config_dir.py" in names and "wmplan/py.typed" in names
     for name in ("experiment/wall.yaml", "env/wall.yaml", "sampler/ddim_eval.yaml"):
         assert f"wmplan/configs/{name}" in names
+    shipped = {f"wmplan/pretrained/{p.name}" for p in (ROOT / "wmplan" / "pretrained").glob("*")
+               if p.suffix in (".safetensors", ".json")}
+    assert not shipped - names, f"pretrained files missing from the wheel: {sorted(shipped - names)}"

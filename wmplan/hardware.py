@@ -37,6 +37,9 @@ def check_precision(precision: str) -> str:
     return name
 
 
+AUTO_PRECISION_ENV = "WMPLAN_AUTO_PRECISION"  # "<device type>:<bf16|fp32>", set by the first auto choice
+
+
 def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str:
     """``bf16`` or ``fp32`` for ``precision`` on ``device``; ``auto`` picks what runs fast there.
 
@@ -49,10 +52,15 @@ def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str
     kind = torch.device(device).type
     if kind == "cuda":
         choice, why = ("bf16" if torch.cuda.is_bf16_supported() else "fp32"), "CUDA bf16 support"
+    elif os.environ.get(AUTO_PRECISION_ENV, "").startswith(f"{kind}:"):
+        # Decided by the parent process: DDP ranks it launches inherit the choice, so a
+        # borderline timing can never give two ranks different precisions.
+        choice, why = os.environ[AUTO_PRECISION_ENV].split(":", 1)[1], f"inherited from {AUTO_PRECISION_ENV}"
     else:
         ratio = bf16_speedup(kind)
         choice = "bf16" if ratio >= BF16_MIN_SPEEDUP else "fp32"
         why = f"bf16 matmul {ratio:.2f}x fp32 on this {kind}"
+        os.environ[AUTO_PRECISION_ENV] = f"{kind}:{choice}"
     log_once(f"precision auto -> {choice} ({why}; {cpu_name()})")
     return choice
 

@@ -26,23 +26,25 @@ from wmplan.models.nanowm import NanoWM, NanoWMConfig
 from wmplan.models.sampling import SamplerConfig, generate
 
 
-def ema_with_warmup(decay: float):
+class EMAWithWarmup:
     """EMA update whose decay ramps up as min(decay, (1+n)/(10+n)) over the first updates.
 
     A fixed 0.999 would keep 0.999^n of the (zero-initialised) initial weights: still 29%
-    after 1,250 steps, which makes the EMA model's samples useless in short CPU runs.
+    after 1,250 steps, which makes the EMA model's samples useless in short CPU runs. A class,
+    not a closure, so the module pickles (``strategy=ddp_spawn``).
     """
 
-    def update(ema_params: list[torch.Tensor], params: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
+    def __init__(self, decay: float):
+        self.decay = decay
+
+    def __call__(self, ema_params: list[torch.Tensor], params: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
         n = float(num_averaged)
-        weight = 1.0 - min(decay, (1.0 + n) / (10.0 + n))
+        weight = 1.0 - min(self.decay, (1.0 + n) / (10.0 + n))
         if torch.is_floating_point(ema_params[0]):
             torch._foreach_lerp_(ema_params, params, weight)
         else:  # integer buffers are copied, not averaged
             for ema, current in zip(ema_params, params):
                 ema.copy_(current)
-
-    return update
 
 
 def fast_adamw(device: torch.device) -> dict[str, bool]:
@@ -73,7 +75,7 @@ class WorldModelModule(L.LightningModule):
         self.save_hyperparameters({"config": OmegaConf.to_container(cfg, resolve=True)})
         self.model = NanoWM(NanoWMConfig(**cfg.model))
         self.ema = AveragedModel(
-            self.model, multi_avg_fn=ema_with_warmup(cfg.training.ema_decay), use_buffers=True
+            self.model, multi_avg_fn=EMAWithWarmup(cfg.training.ema_decay), use_buffers=True
         )
         self.ema.requires_grad_(False)
         if cfg.training.get("compile", False):
