@@ -206,6 +206,7 @@ def test_precision_auto_resolves(checkpoint, monkeypatch):
 
     for speedup, expected in ((3.0, "bf16"), (0.01, "fp32")):
         monkeypatch.setattr(hardware, "bf16_speedup", lambda kind="cpu", size=256, s=speedup: s)
+        monkeypatch.delenv(hardware.AUTO_PRECISION_ENV, raising=False)  # time again, as a fresh process would
         assert WorldModel.from_checkpoint(checkpoint).precision == expected
     assert WorldModel.from_checkpoint(checkpoint, precision="bf16").precision == "bf16"  # explicit wins
 
