@@ -5,7 +5,8 @@ as the markdown table in the README's "Bad input" section.
 
 It collects a tiny Wall dataset and trains a tiny model (seconds), then runs each case as a
 real command (``python -m wmplan...``) and reports the exit code and the last line of stderr.
-A case whose output is a traceback, not a one-line error, is marked ``TRACEBACK``.
+A case whose output is a traceback, not a one-line error, is marked ``TRACEBACK``; for Hydra's
+own config errors (an unknown config group option) the first line is shown.
 """
 
 from __future__ import annotations
@@ -97,7 +98,9 @@ def run_case(command: str, overrides: list[str]) -> tuple[int, str, bool]:
     """(exit code, last stderr line, whether the output is a traceback)."""
     proc = subprocess.run([sys.executable, "-m", COMMANDS[command], *overrides], capture_output=True, text=True,
                           timeout=600)
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    lines = [line for line in proc.stderr.splitlines() if line.strip() and "HYDRA_FULL_ERROR" not in line]
+    if "HYDRA_FULL_ERROR" in proc.stderr and "Traceback" not in proc.stderr:
+        lines = lines[:1]  # Hydra's own config error: its first line names the problem
     last = lines[-1] if lines else proc.stdout.strip().splitlines()[-1]
     return proc.returncode, last, "Traceback" in proc.stderr
 
@@ -130,7 +133,7 @@ def main() -> None:
     work.mkdir(parents=True)
     data, ckpt = setup(work)
     files = bad_files(work, data, ckpt)
-    print("| bad input | command | exit | error (last line of stderr) |")
+    print("| bad input | command | exit | error |")
     print("|---|---|---|---|")
     for name, command, overrides in cases(work, data, ckpt, files):
         code, last, traceback = run_case(command, overrides)

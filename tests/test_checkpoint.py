@@ -236,3 +236,22 @@ def test_a_non_causal_model_trains_and_samples_whole_windows(wall_data, tmp_path
                      sampler=SamplerConfig(steps=2, schedule="sequential"))
     assert out["latents"].shape[:3] == (1, 2, 4) and torch.isfinite(out["latents"]).all()
     assert set(lengths) == {wm.window}  # every call sees the whole window, noisy future included
+
+
+def test_bad_input_ends_a_cli_with_one_line(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "wmplan.planners.evaluate", "world_model=/nonexistent/latest.ckpt",
+                          f"out_dir={tmp_path}"], capture_output=True, text=True)
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines()[-1] == "wmplan-plan: error: world-model checkpoint not found: " \
+                                                  "/nonexistent/latest.ckpt"
+    assert "Traceback" not in run.stderr
+
+
+@pytest.mark.parametrize("override,message", [("training.batch_size=abc", "training.batch_size must be an int >= 1, "
+                                                                          "got 'abc'"),
+                                              ("training.lr=fast", "training.lr must be a number, got 'fast'"),
+                                              ("data.num_frames=1", "data.num_frames must be an int >= 2, got 1")])
+def test_wrong_type_overrides_are_named(wall_data, tmp_path, override, message):
+    with pytest.raises(ValueError, match=message):
+        wmplan.train.train(train_config(wall_data, tmp_path / "run", 2, override))
+    assert not (tmp_path / "run").exists()

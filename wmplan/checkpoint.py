@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -82,24 +83,34 @@ def read_checkpoint(path: str | Path, allow_legacy: bool = False) -> dict[str, A
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as err:
             if not allow_legacy:
-                raise ValueError(
-                    f"{path} holds pickled Python objects, which the safe loader refuses "
-                    f"({str(err).splitlines()[0]}). A checkpoint from an older wmplan stored numpy's "
-                    f"RNG state that way: if you trust the file, convert it once with "
-                    f"`python -m wmplan.checkpoint upgrade {path}`."
-                ) from None
+                culprit = _unsafe_global(err)
+                if culprit.startswith("numpy"):
+                    raise ValueError(
+                        f"{path} was written by an older wmplan: it pickles numpy's RNG state ({culprit}), "
+                        f"which the safe loader refuses. If you trust the file, convert it once with "
+                        f"`python -m wmplan.checkpoint upgrade {path}`."
+                    ) from None
+                raise ValueError(f"{path} holds pickled Python objects ({culprit}) that loading would run; "
+                                 f"refused: wmplan checkpoints never hold code") from None
             with torch.serialization.safe_globals(_legacy_numpy_globals()):
                 ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except ValueError:
         raise
     except pickle.UnpicklingError as err:
-        raise ValueError(f"{path} holds pickled objects beyond an old checkpoint's numpy RNG state; "
-                         f"refused ({str(err).splitlines()[0]})") from None
+        raise ValueError(f"{path} holds pickled Python objects ({_unsafe_global(err)}) beyond an old "
+                         f"checkpoint's numpy RNG state; refused: wmplan checkpoints never hold code") from None
     except Exception as err:  # torch raises several types for truncated / foreign files
-        raise ValueError(f"cannot read checkpoint {path}: corrupt or not a torch file ({err})") from None
+        reason = str(err).split(". ")[0].strip()
+        raise ValueError(f"cannot read checkpoint {path}: corrupt or not a torch file ({reason})") from None
     if not isinstance(ckpt, dict) or "wmplan_config" not in ckpt or "state_dict" not in ckpt:
         raise ValueError(f"{path} is not a wmplan world-model checkpoint (no wmplan_config/state_dict)")
     return ckpt
+
+
+def _unsafe_global(err: Exception) -> str:
+    """The global a refused pickle referenced, from torch's message (e.g. ``builtins.open``)."""
+    found = re.search(r"GLOBAL ([\w.]+)", str(err))
+    return found.group(1) if found else "an object outside the allowed types"
 
 
 def _read_pretrained(path: Path) -> dict[str, Any]:

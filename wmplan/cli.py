@@ -34,3 +34,19 @@ def reports_user_errors(command: str) -> Callable[[Callable[..., Any]], Callable
         return wrapper
 
     return decorate
+
+
+def check_numbers(cfg: Any, ints: dict[str, int] = {}, floats: tuple[str, ...] = ()) -> None:  # noqa: B006
+    """Refuse a config whose ``ints`` (dotted key -> minimum) are not ints at least that large,
+    or whose ``floats`` are not numbers: a wrong-type override (``training.batch_size=abc``)
+    names the key here instead of failing deep inside torch."""
+    from omegaconf import OmegaConf
+
+    for key, minimum in ints.items():
+        value = OmegaConf.select(cfg, key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"{key} must be an int >= {minimum}, got {value!r}")
+    for key in floats:
+        value = OmegaConf.select(cfg, key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{key} must be a number, got {value!r}")

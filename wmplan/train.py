@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 from torch.utils.data._utils.collate import default_collate
 
-from wmplan.cli import reports_user_errors
+from wmplan.cli import check_numbers, reports_user_errors
 from wmplan.config_dir import CONFIG_DIR as _CONFIG_DIR
 from wmplan.checkpoint import read_checkpoint
 from wmplan.data.dataset import ClipDataset, load_dataset_info, validation_subset
@@ -151,8 +151,18 @@ def build_trainer(cfg: DictConfig, out_dir: Path) -> L.Trainer:
     )
 
 
+TRAIN_INTS = {"training.batch_size": 1, "training.max_steps": 1, "training.accumulate_grad_batches": 1,
+              "training.warmup_steps": 0, "training.num_workers": 0, "training.seed": 0, "data.num_frames": 2,
+              "checkpoint.every_n_steps": 0, "checkpoint.snapshot_every_n_steps": 0, "validation.every_n_steps": 1,
+              "validation.num_clips": 1, "validation.batch_size": 1, "validation.num_batches": 0,
+              "validation.num_prediction_batches": 0}
+TRAIN_FLOATS = ("training.lr", "training.min_lr_ratio", "training.weight_decay", "training.grad_clip",
+                "training.ema_decay", "data.val_fraction")
+
+
 def train(cfg: DictConfig) -> Path:
     """Train (or resume) a world model; returns the path of ``latest.ckpt``."""
+    check_numbers(cfg, TRAIN_INTS, TRAIN_FLOATS)
     L.seed_everything(cfg.training.seed, workers=True)
     tune_cpu_allocator()
     torch.set_float32_matmul_precision("high")

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from wmplan.cli import reports_user_errors
+from wmplan.cli import check_numbers, reports_user_errors
 from wmplan.config_dir import CONFIG_DIR as _CONFIG_DIR
 from wmplan.envs import make
 from wmplan.hardware import tune_cpu_allocator
@@ -97,6 +97,7 @@ def check_frame_weights(cfg: DictConfig) -> None:
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Run the MPC protocol of ``cfg``; returns the results dict that was written."""
+    check_numbers(cfg, {"episodes": 1, "seed": 0, "budget_env_steps": 1, "horizon": 1})
     torch.manual_seed(cfg.seed)
     tune_cpu_allocator()
     check_frame_weights(cfg)
