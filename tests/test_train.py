@@ -155,3 +155,16 @@ def test_experiment_recipes_build_a_model(experiment):
     with torch.device("meta"):
         NanoWM(NanoWMConfig(**model))
     Diffusion(DiffusionConfig(**cfg.diffusion))
+
+
+def test_training_compile_compiles_the_denoiser_in_place(wall_data, tmp_path, monkeypatch):
+    compiled = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: compiled.append(type(self).__name__))
+    cfg = train_config(wall_data, tmp_path / "run", 2, "training.compile=true")
+    codec = wmplan.train.build_codec(CodecConfig(**cfg.latent))
+    module = wmplan.train.WorldModelModule(wmplan.train.complete_config(cfg, codec), codec=codec)
+    assert compiled == ["NanoWM"] and all(k.startswith(("model.", "ema.", "codec.", "proprio"))
+                                           for k in module.state_dict())  # keys unchanged
+    off = train_config(wall_data, tmp_path / "run", 2)
+    wmplan.train.WorldModelModule(wmplan.train.complete_config(off, codec), codec=codec)
+    assert compiled == ["NanoWM"]  # off by default
