@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from wmplan.atomic import atomic_path
 
@@ -31,19 +31,18 @@ PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
 PRETRAINED_FORMAT = "wmplan-pretrained-1"
 
 
-def numpy_rng_state() -> dict[str, Any]:
-    """numpy's global RNG state as tensors and plain values (loads with ``weights_only=True``)."""
-    name, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
-    return {"name": str(name), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+def numpy_rng_state(state: tuple | None = None) -> dict[str, Any]:
+    """numpy's global RNG state (or a ``np.random.get_state()`` tuple) as tensors and plain
+    values, which load with ``weights_only=True``."""
+    name, keys, pos, has_gauss, cached_gaussian = np.random.get_state() if state is None else state
+    return {"name": str(name), "keys": torch.from_numpy(np.asarray(keys).astype(np.int64)), "pos": int(pos),
             "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)}
 
 
-def set_numpy_rng_state(state: dict[str, Any] | tuple) -> None:
-    """Restore what ``numpy_rng_state`` saved (or numpy's own tuple, from an upgraded file)."""
-    if isinstance(state, dict):
-        state = (state["name"], state["keys"].numpy().astype(np.uint32), state["pos"],
-                 state["has_gauss"], state["cached_gaussian"])
-    np.random.set_state(state)
+def set_numpy_rng_state(state: dict[str, Any]) -> None:
+    """Restore what ``numpy_rng_state`` saved."""
+    np.random.set_state((state["name"], state["keys"].numpy().astype(np.uint32), state["pos"],
+                         state["has_gauss"], state["cached_gaussian"]))
 
 
 def _legacy_numpy_globals() -> list:
@@ -65,13 +64,13 @@ def resolve_path(world_model: str | Path) -> Path:
     return path
 
 
-def read_checkpoint(path: str | Path, allow_legacy: bool = False) -> dict[str, Any]:
+def read_checkpoint(path: str | Path, allow_legacy: bool = False, mmap: bool = False) -> dict[str, Any]:
     """Load a wmplan checkpoint safely (``weights_only=True``), with errors that name the file.
 
     ``path``: a training checkpoint (``.ckpt``), a pretrained file (``.safetensors``, see
     ``export_pretrained``) or ``pretrained:<name>``. ``allow_legacy``: also accept the numpy RNG
     arrays of pre-safe-format checkpoints (used by ``upgrade``); any other pickled object is
-    still refused.
+    still refused. ``mmap``: map tensors from the file instead of reading them (a cheap check).
     """
     path = resolve_path(path)
     if not path.is_file():
@@ -80,7 +79,7 @@ def read_checkpoint(path: str | Path, allow_legacy: bool = False) -> dict[str, A
         return _read_pretrained(path)
     try:
         try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
         except pickle.UnpicklingError as err:
             if not allow_legacy:
                 culprit = _unsafe_global(err)
@@ -93,7 +92,7 @@ def read_checkpoint(path: str | Path, allow_legacy: bool = False) -> dict[str, A
                 raise ValueError(f"{path} holds pickled Python objects ({culprit}) that loading would run; "
                                  f"refused: wmplan checkpoints never hold code") from None
             with torch.serialization.safe_globals(_legacy_numpy_globals()):
-                ckpt = torch.load(path, map_location="cpu", weights_only=True)
+                ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except ValueError:
         raise
     except pickle.UnpicklingError as err:
@@ -117,7 +116,7 @@ def _read_pretrained(path: Path) -> dict[str, Any]:
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-        state = load_file(str(path))
+            state = {key: f.get_tensor(key) for key in f.keys()}
     except (SafetensorError, OSError) as err:
         raise ValueError(f"cannot read {path}: corrupt or not a safetensors file ({err})") from None
     if meta.get("format") != PRETRAINED_FORMAT:
@@ -161,13 +160,6 @@ def complete_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     return {**{"model." + k[len(ema):]: v for k, v in state.items() if k.startswith(ema)}, **state}
 
 
-def save_atomic(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` through ``atomic_path``: a reader never sees a partial file."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-    return Path(path)
-
-
 def upgrade(path: str | Path, out: str | Path | None = None) -> Path:
     """Rewrite a pre-safe-format checkpoint in the safe format (``out`` defaults to in place).
 
@@ -181,13 +173,13 @@ def upgrade(path: str | Path, out: str | Path | None = None) -> Path:
     ckpt = read_checkpoint(path, allow_legacy=True)
     rng = ckpt.get("rng_state") or {}
     if isinstance(rng.get("numpy"), tuple):
-        name, keys, pos, has_gauss, cached = rng["numpy"]
-        rng["numpy"] = {"name": str(name), "keys": torch.from_numpy(np.asarray(keys).astype(np.int64)),
-                        "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+        rng["numpy"] = numpy_rng_state(rng["numpy"])
     if "codec_architecture" not in ckpt:
         latent = OmegaConf.create(ckpt["wmplan_config"]).latent
         ckpt["codec_architecture"] = build_codec(CodecConfig(**latent)).architecture()
-    out = save_atomic(ckpt, out or path)
+    out = Path(out or path)
+    with atomic_path(out) as tmp:
+        torch.save(ckpt, tmp)
     read_checkpoint(out)  # the result must load safely
     return out
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+from collections.abc import Mapping
 from typing import Any, Callable
 
 USER_ERRORS = (ValueError, FileNotFoundError)
@@ -36,7 +37,7 @@ def reports_user_errors(command: str) -> Callable[[Callable[..., Any]], Callable
     return decorate
 
 
-def check_numbers(cfg: Any, ints: dict[str, int] = {}, floats: tuple[str, ...] = ()) -> None:  # noqa: B006
+def check_numbers(cfg: Any, ints: Mapping[str, int], floats: tuple[str, ...] = ()) -> None:
     """Refuse a config whose ``ints`` (dotted key -> minimum) are not ints at least that large,
     or whose ``floats`` are not numbers: a wrong-type override (``training.batch_size=abc``)
     names the key here instead of failing deep inside torch."""

@@ -23,9 +23,9 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 from torch.utils.data._utils.collate import default_collate
 
+from wmplan.checkpoint import read_checkpoint
 from wmplan.cli import check_numbers, reports_user_errors
 from wmplan.config_dir import CONFIG_DIR as _CONFIG_DIR
-from wmplan.checkpoint import read_checkpoint
 from wmplan.data.dataset import ClipDataset, load_dataset_info, validation_subset
 from wmplan.hardware import lightning_precision, tune_cpu_allocator
 from wmplan.models.codecs import CodecConfig, LatentCodec, build_codec
@@ -57,19 +57,23 @@ class StepBatches(IterableDataset):
             step += workers
 
 
-class StreamRank(Callback):
-    """Gives a ``StepBatches`` its process's global rank once the strategy has set the ranks.
+class StreamPosition(Callback):
+    """Places a ``StepBatches`` stream: this process's global rank, and on a resume the step
+    the checkpoint stopped at (read from the checkpoint Lightning loads, not loaded again).
 
-    ``trainer.global_rank`` is right when the trainer is built only where every rank runs the
-    script itself (``ddp``, torchrun, SLURM). ``ddp_fork`` / ``ddp_notebook`` build it once,
-    as rank 0, and fork the ranks from it: read then, every rank trained on rank 0's batches.
+    The rank is set in ``setup``, once the strategy knows it: ``ddp_fork`` / ``ddp_notebook``
+    build the trainer once, as rank 0, and fork the ranks from it, so a rank read at build time
+    made every rank train on rank 0's batches. Both hooks run before the first batch is drawn.
     """
 
-    def __init__(self, stream: StepBatches):
-        self.stream = stream
+    def __init__(self, stream: StepBatches, accumulate: int):
+        self.stream, self.accumulate = stream, accumulate
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self.stream.rank = trainer.global_rank
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        self.stream.start = int(checkpoint["global_step"]) * self.accumulate
 
 
 class AtomicCheckpoints(Callback):
@@ -173,16 +177,15 @@ def train(cfg: DictConfig) -> Path:
     module = WorldModelModule(cfg, codec=codec)
     latest = out_dir / "checkpoints" / "latest.ckpt"
     resume = latest if cfg.checkpoint.resume and latest.exists() else None
-    start_step = 0
     if resume is None:
         clips = getattr(train_set, "clips", train_set)  # the ClipDataset under a latent cache
         module.set_proprio_stats(*clips.proprio_stats())
-    else:  # the batch stream must continue where the checkpoint stopped
-        start_step = int(read_checkpoint(resume)["global_step"])
+    else:  # refused here, with a clear message, if it is not a safe wmplan checkpoint
+        read_checkpoint(resume, mmap=True)
     trainer = build_trainer(cfg, out_dir)
     t = cfg.training
-    stream = StepBatches(train_set, t.batch_size, t.seed, start=start_step * t.accumulate_grad_batches)
-    trainer.callbacks.append(StreamRank(stream))  # the rank is known only once fit() has started
+    stream = StepBatches(train_set, t.batch_size, t.seed)
+    trainer.callbacks.append(StreamPosition(stream, t.accumulate_grad_batches))  # rank and resume step
     train_loader = DataLoader(stream, batch_size=None, num_workers=t.num_workers, persistent_workers=t.num_workers > 0)
     val_loader = DataLoader(
         validation_subset(val_set, cfg.validation.num_clips, cfg.validation.seed),

@@ -161,8 +161,9 @@ def _fit(vae, frames: np.ndarray, cfg: VAETrainConfig, device: torch.device, res
 
 
 def _run_id(cfg: VAETrainConfig, frames: np.ndarray) -> str:
-    """What a resume point must match: the settings and the training frames."""
-    digest = hashlib.sha256(json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str).encode())
+    """What a resume point must match: the settings that shape training, and the frames."""
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("log_every", "checkpoint_every")}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     digest.update(str(frames.shape).encode())
     digest.update(np.ascontiguousarray(frames[:: max(1, len(frames) // 64)]).tobytes())
     return digest.hexdigest()

@@ -141,8 +141,7 @@ def _build(frames: Sequence[dict], codec: LatentCodec, folder: Path, batch_size:
         keys = np.lib.format.open_memmap(partial / "keys.npy", mode, np.int64, (n, 2))
         # a VAE encodes ~100k frames for minutes on a CPU: show that it is working
         batches = range(done, n, batch_size)
-        for lo in tqdm(batches, desc=f"latent cache ({codec.cfg.name}, {n} frames)", unit="batch",
-                       initial=0, total=len(batches)):
+        for lo in tqdm(batches, desc=f"latent cache ({codec.cfg.name}, {n} frames)", unit="batch"):
             items = [frames[i] for i in range(lo, min(lo + batch_size, n))]
             pixels = torch.cat([torch.as_tensor(item["pixels"]) for item in items])  # [b, H, W, 3]
             z = codec.encode(pixels[None])[0].cpu()  # [b, C, h, w]
