@@ -49,7 +49,7 @@ class EMAWithWarmup:
 
 def fast_adamw(device: torch.device) -> dict[str, bool]:
     """AdamW's fused kernel where torch has one (CPU, CUDA): one pass over the parameters
-    instead of a dozen foreach ops; S/2 on a 2-core CPU spent 160 ms of a 400 ms step in
+    instead of a dozen foreach ops; S/2 on a 2-core AMX Xeon spent 160 ms of a 400 ms step in
     foreach AdamW, 24 ms fused."""
     return {"fused": True} if device.type in ("cpu", "cuda") else {"foreach": True}
 
