@@ -143,3 +143,11 @@ def test_bad_input_raises_clear_errors():
         WallEnv(door_y=2)
     with pytest.raises(ValueError, match="goal_level"):
         WallEnv(goal_level="medium")
+
+
+def test_random_door_env_config_draws_a_door_per_episode():
+    from wmplan.envs.config import load_env_config
+
+    env = load_env_config("wall_random_door", resolution=16).make()
+    doors = {float(env.reset(seed=seed)[1]["state"][2]) for seed in range(8)}
+    assert len(doors) > 3
