@@ -5,6 +5,7 @@ workers each) at 64 and 224 px, and prints a table. Single-env numbers are on on
 (the script pins BLAS/OpenMP to one thread). An env that fails is reported, not fatal.
 
     python scripts/bench_envs.py [--envs wmplan/PushT-v0 wmplan/Wall-v0] [--steps 1000]
+                                 [--modes single] [--resolutions 64]
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import gymnasium as gym  # noqa: E402
 import wmplan.envs  # noqa: E402
 
 WORKERS = 2
+MODES = ["single", "sync", "async"]
 WARMUP_STEPS = 5
 
 
@@ -66,17 +68,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1000, help="env steps timed per cell")
     parser.add_argument("--max-seconds", type=float, default=10.0, help="time cap per cell")
     parser.add_argument("--resolutions", type=int, nargs="+", default=[64, 224])
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=MODES, help="env setups to time")
     args = parser.parse_args()
     if args.steps < 1 or args.max_seconds <= 0:
         parser.error(f"--steps and --max-seconds must be positive, got {args.steps}, {args.max_seconds}")
 
-    modes = ["single", "sync", "async"]
-    header = f"{'env':<28} {'px':>4} " + " ".join(f"{m + ' steps/s':>16}" for m in modes)
+    header = f"{'env':<28} {'px':>4} " + " ".join(f"{m + ' steps/s':>16}" for m in args.modes)
     print(header, flush=True)
     print("-" * len(header), flush=True)
     for env_id in args.envs:
         for resolution in args.resolutions:
-            results = [measure(env_id, resolution, mode, args.steps, args.max_seconds) for mode in modes]
+            results = [measure(env_id, resolution, mode, args.steps, args.max_seconds) for mode in args.modes]
             cells = [f"{r:,.0f}" if isinstance(r, float) else "error" for r in results]
             print(f"{env_id:<28} {resolution:>4} " + " ".join(f"{c:>16}" for c in cells), flush=True)
             for error in dict.fromkeys(r for r in results if isinstance(r, str)):

@@ -10,12 +10,36 @@ from wmplan.envs.deformable import (  # noqa: E402
     GRAIN_RADIUS,
     GOAL_SCALE,
     OBJECT_BOUND,
+    ROPE_RADIUS,
+    SEGMENT_LENGTH,
+    TABLE_HALF,
     WORKSPACE,
     GranularEnv,
     RopeEnv,
 )
 
 CLASSES = [RopeEnv, GranularEnv]
+
+
+def pushes_through(env, state, rng, n):
+    """``n`` actions [n, 4], each from 8 cm before a random particle of ``state`` through it,
+    ending 10-30 cm past it (the far ones clipped at the workspace edge, near the walls)."""
+    particles = env.particle_positions(state)[:, :2]
+    actions = []
+    for centre in particles[rng.integers(len(particles), size=n)]:
+        angle = rng.uniform(0, 2 * np.pi)
+        direction = np.array([np.cos(angle), np.sin(angle)])
+        push = np.concatenate([centre - 0.08 * direction, centre + rng.uniform(0.1, 0.3) * direction])
+        actions.append(np.clip(push / WORKSPACE, -1, 1))
+    return np.array(actions)
+
+
+def mixed_pushes(env, state, seed, n):
+    """``n`` actions alternating uniform random ones (DINO-WM's data) and pushes through the objects."""
+    rng = np.random.default_rng(seed)
+    actions = rng.uniform(-1, 1, size=(n, 4))
+    actions[::2] = pushes_through(env, state, rng, len(actions[::2]))
+    return actions
 
 
 @pytest.fixture(scope="module", params=CLASSES, ids=lambda c: c.__name__)
@@ -39,14 +63,53 @@ def test_spaces_and_state_dim(env):
 
 
 def test_round_trip_and_replay_are_exact(env):
-    env.reset(seed=1)
-    env.step(np.array([-0.5, -0.5, 0.5, 0.5]))  # leaves motion and contacts in the state
+    _, info = env.reset(seed=1)
+    first, *actions = pushes_through(env, info["state"], np.random.default_rng(1), 5)
+    env.step(first)  # leaves motion, contacts and bodies MuJoCo has put to sleep in the simulator
     s0 = env.get_state()
+    # Stepped on from there, without a set_state in between: simulate from the stored
+    # state must replay the states and, rendered, the frames exactly.
+    steps = [env.step(a) for a in actions]
+    replay = env.simulate(s0, np.array(actions))
+    np.testing.assert_array_equal(replay[1:], np.stack([step_info["state"] for *_, step_info in steps]))
+    for (obs, *_), state in zip(steps, replay[1:]):
+        np.testing.assert_array_equal(env.render_state(state), obs["pixels"])
     env.set_state(s0)
     np.testing.assert_array_equal(env.get_state(), s0)
-    actions = np.array([[0.3, -0.8, -0.2, 0.6], [-0.6, 0.1, 0.7, 0.0]])
-    stepped = [env.step(a)[4]["state"] for a in actions]
-    np.testing.assert_array_equal(env.simulate(s0, actions)[1:], np.stack(stepped))
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
+def test_same_seed_and_actions_give_identical_states_and_frames(cls):
+    def run(env):
+        _, reset_info = env.reset(seed=5)
+        steps = [env.step(a) for a in mixed_pushes(env, reset_info["state"], 5, 6)]
+        return [step_info["state"] for *_, step_info in steps], [obs["pixels"] for obs, *_ in steps]
+
+    fresh, used = cls(), cls()
+    used.reset(seed=2)
+    for a in mixed_pushes(used, used.get_state(), 2, 4):  # a history the second run must not see
+        used.step(a)
+    (states_a, frames_a), (states_b, frames_b) = run(fresh), run(used)
+    np.testing.assert_array_equal(np.stack(states_a), np.stack(states_b))
+    np.testing.assert_array_equal(np.stack(frames_a), np.stack(frames_b))
+    assert not np.array_equal(states_a[0], states_a[-1])  # the pushes did move things
+    fresh.close()
+    used.close()
+
+
+def test_objects_stay_on_the_table_and_the_rope_in_one_piece(env):
+    """Many pushes, half of them through the objects and on towards the walls."""
+    radius = ROPE_RADIUS if isinstance(env, RopeEnv) else GRAIN_RADIUS
+    env.reset(seed=11)
+    for k in range(8):  # new targets every 5 pushes, as the objects spread
+        for a in mixed_pushes(env, env.get_state(), k, 5):
+            env.step(a)
+            p = env.particle_positions(env.get_state())
+            assert np.all(np.abs(p[:, :2]) < TABLE_HALF - 0.9 * radius)  # inside the walls
+            assert 0.8 * radius < p[:, 2].min() and p[:, 2].max() < 3 * radius  # on the table
+            if isinstance(env, RopeEnv):
+                links = np.linalg.norm(np.diff(p, axis=0), axis=1)
+                assert np.all(np.abs(links / SEGMENT_LENGTH - 1) < 0.5)  # connected
 
 
 def test_reset_seed_is_deterministic(env):

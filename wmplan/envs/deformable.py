@@ -3,21 +3,33 @@
 Both share one scene: a square table with low rim walls (inner half-width 0.3 m), a
 fixed orthographic camera looking straight down at it, and a vertical capsule pusher
 driven kinematically through three slide joints. On the table lies either a rope (a
-chain of capsules joined by damped ball joints) or a loose pile of small spheres.
+chain of capsules that bends in the table plane) or a loose pile of small spheres.
 
 Action ``[x0, y0, x1, y1]`` in [-1, 1] is one push in table coordinates (times 0.25 m):
 the lifted pusher moves above ``(x0, y0)``, lowers to the table, slides in a straight
-line to ``(x1, y1)`` at 0.5 m/s, lifts again and stays there while the scene settles.
+line to ``(x1, y1)`` at 0.5 m/s, lifts again and waits until the scene is still (every
+object dof slower than 2 mm/s or 2 mrad/s, at most 0.2 s). Lifted, it touches nothing,
+so there it jumps instead of moving.
 
-State is ``qpos ++ qvel`` of the whole model. Warm starts are off, so that vector is
-the complete simulator state and ``simulate`` from a stored state replays ``step``
-exactly. Proprio is the pusher's xy in action units. Success compares particle centres
-(rope segment centres or sphere centres, xyz) by Chamfer distance, in metres.
+Speed (``scripts/bench_envs.py``, 64 px, one env on one core of a busy AMD EPYC): Rope
+~120 and Granular ~80 pushes/s, up from ~9 and ~7 with 4 ms steps, a fixed 0.2 s
+settle, ball-jointed capsules and free spheres. The levers: 10 ms steps (``TIMESTEP``);
+the jumps and the settling above; bodies with only the dofs and contacts that show (rope
+segments bend about z only and touch the table with one sphere each, grains translate
+without rotating); MuJoCo's sleeping, which skips the grains at rest until something
+touches them; the solver settings in ``_scene_xml``; coarser sphere meshes.
+
+State is ``qpos ++ qvel`` of the whole model. MuJoCo keeps two kinds of hidden state:
+warm starts, which are off, and sleep (which bodies sleep, and for how long the awake
+ones have been still). Every push, reset and ``set_state`` therefore starts from a reset
+simulator given just (qpos, qvel), every body awake, so ``simulate`` from a stored state
+replays ``step`` exactly. Proprio is the pusher's xy in action units. Success compares
+particle centres (rope segment centres or sphere centres, xyz) by Chamfer distance, in
+metres.
 """
 
 from __future__ import annotations
 
-import os
 from abc import abstractmethod
 from typing import Any
 
@@ -36,13 +48,23 @@ TABLE_HALF = 0.3  # inner half-width of the walled table and of the camera's vie
 WORKSPACE = 0.25  # action 1.0 is this far from the table centre (m)
 OBJECT_BOUND = 0.2  # sampled start and goal particle centres stay within +-this (m)
 MAX_SHIFT = 0.12  # goal translation per axis, like DINO-WM's U(-1, 1) for its FleX scale
-TIMESTEP = 0.004
-PUSH_SPEED = 0.5  # m/s, also the speed of lowering and lifting
+# 10 ms: the pusher moves 5 mm a step, less than a grain's radius, and contacts keep the
+# default 0.02 s time constant (MuJoCo softens any below two steps).
+TIMESTEP = 0.01
+# m/s, also the lowering speed. Faster pushes fling the objects further after the pusher
+# stops (0.75 m/s moves them ~15% further), so the speed stays as it was.
+PUSH_SPEED = 0.5
 PUSHER_RADIUS = 0.015
 PUSH_Z = PUSHER_RADIUS + 0.003  # lower-cap centre height while pushing: 3 mm above the table
 LIFT_Z = 0.05  # lower-cap centre height when lifted: clear of the rope (0.024 m high)
-SETTLE_STEPS = 50  # physics steps after each push (0.2 s)
-RESET_SETTLE_STEPS = 100  # physics steps that let sampled starts and goals come to rest
+# After each push the scene settles until every object dof is slower than SETTLE_SPEED
+# (m/s or rad/s), at most SETTLE_STEPS steps (0.2 s, the old fixed settling time). A miss
+# then costs no settling at all. 2 mm/s rather than 1 cm/s: grains squeezed half a
+# millimetre into the table by a push rise back slower than 1 cm/s. The test reads the
+# state only, so replays stay exact.
+SETTLE_STEPS = 20
+SETTLE_SPEED = 0.002
+RESET_SETTLE_STEPS = 40  # physics steps (0.4 s) that let sampled starts and goals come to rest
 SUCCESS_THRESHOLD = 0.02  # Chamfer distance (m): about one segment diameter in total
 
 _TABLE_RGBA = "0.92 0.9 0.84 1"
@@ -50,7 +72,7 @@ _WALL_RGBA = "0.55 0.55 0.55 1"
 _PUSHER_RGBA = "0.1 0.55 0.15 1"
 
 
-def _scene_xml(objects: str) -> str:
+def _scene_xml(objects: str, solver: str) -> str:
     """MJCF of the table, walls, camera and pusher around an ``objects`` body fragment."""
     walls = "\n".join(
         f'<geom type="box" pos="{x} {y} 0.02" size="{sx} {sy} 0.02" rgba="{_WALL_RGBA}"/>'
@@ -67,21 +89,31 @@ def _scene_xml(objects: str) -> str:
     return f"""
 <mujoco model="table_push">
   <compiler angle="radian" autolimits="true"/>
-  <!-- Warm starts would make contacts depend on hidden solver history; without them
-       (qpos, qvel) is the complete state. Implicit damping keeps tiny links stable. -->
-  <option timestep="{TIMESTEP}" integrator="implicitfast" cone="elliptic">
-    <flag warmstart="disable"/>
+  <!-- Warm starts are off: the solver's history would be hidden state, and they saved
+       no iterations here. Sleeping bodies (still for 10 steps at under 1 mm/s) are
+       skipped until something awake touches them: a grain asleep on the table moves no
+       differently, and every push starts with all awake (see _load). Euler integrates
+       joint damping implicitly, all the implicit integration the light, strongly damped
+       rope links and grains need, and costs less than implicitfast. The collision
+       midphase (bounding-box trees) pays off only for bodies of many colliding geoms;
+       here each has one. A tolerance of 1e-6 (default 1e-8) saves a fifth of CG's
+       iterations on the grains; the forces it leaves unresolved move nothing visibly. -->
+  <option timestep="{TIMESTEP}" integrator="Euler" cone="elliptic" solver="{solver}"
+          tolerance="1e-6">
+    <flag warmstart="disable" midphase="disable" sleep="enable"/>
   </option>
   <visual>
     <headlight ambient="0.7 0.7 0.7" diffuse="0.3 0.3 0.3" specular="0 0 0"/>
     <!-- No shadows and coarse sphere meshes: objects span a few pixels, and software
-         rendering cost grows with the triangle count. -->
-    <quality shadowsize="0" numslices="12" numstacks="6"/>
+         rendering cost grows with the triangle count (8 x 4 instead of 12 x 6 slices
+         renders Granular in 60% of the time; at 64 px a grain is then indistinguishable). -->
+    <quality shadowsize="0" numslices="8" numstacks="4"/>
     <global offwidth="1024" offheight="1024"/>
   </visual>
   <default>
-    <!-- Rolling friction stops a grain shoved at push speed within a few centimetres. -->
-    <geom friction="0.6 0.005 0.005" condim="6" density="1000"/>
+    <!-- Rolling friction (condim 6, set on the rope) stops a rope shoved at push speed
+         from rolling away like a log; grains cannot rotate and need only condim 3. -->
+    <geom friction="0.6 0.005 0.005" condim="3" density="1000"/>
     <joint armature="1e-5"/>
   </default>
   <worldbody>
@@ -143,17 +175,19 @@ def _line(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return a + (b - a) * (np.arange(1, n + 1) / n)[:, None]
 
 
-
 class TablePushEnv(MujocoGoalEnv):
     """Shared table, pusher, state, rendering and Chamfer evaluation of Rope and Granular.
 
     Subclasses give the objects' MJCF (``_objects_xml``; particle geoms named ``p0``,
-    ``p1``, ...), a start configuration (``_start_qpos``) and the goal transform
-    (``_goal_qpos``); both are placed in the simulator and left to settle.
+    ``p1``, ...; each object's root joint a free joint or x, y, z slides whose ``ref`` is
+    the body's position, so that qpos is world xyz), the constraint ``solver``, a start
+    configuration (``_start_qpos``) and the goal transform (``_goal_qpos``); both are
+    placed in the simulator and left to settle.
     """
 
     proprio_dim = 2
     num_particles: int
+    solver: str
 
     def __init__(
         self,
@@ -167,7 +201,7 @@ class TablePushEnv(MujocoGoalEnv):
                 f"success_threshold must be a positive distance in metres, got {success_threshold}"
             )
         self.success_threshold = float(success_threshold)
-        self.model = mujoco.MjModel.from_xml_string(_scene_xml(self._objects_xml()))
+        self.model = mujoco.MjModel.from_xml_string(_scene_xml(self._objects_xml(), self.solver))
         self.data = mujoco.MjData(self.model)
         self._scratch = mujoco.MjData(self.model)  # kinematics of states other than the current one
         names = [f"p{i}" for i in range(self.num_particles)]
@@ -175,9 +209,9 @@ class TablePushEnv(MujocoGoalEnv):
         pusher_x = self.model.joint("pusher_x")
         self._pusher_qpos = slice(pusher_x.qposadr[0], pusher_x.qposadr[0] + 3)
         self._pusher_dof = slice(pusher_x.dofadr[0], pusher_x.dofadr[0] + 3)
+        self._object_dofs = np.delete(np.arange(self.model.nv), self._pusher_dof)
         self._nq = self.model.nq
-        free = self.model.jnt_qposadr[self.model.jnt_type == mujoco.mjtJoint.mjJNT_FREE]
-        self._free_qpos = free[:, None] + np.arange(7)  # [n_free, 7] qpos indices: xyz, quaternion
+        self._root_xy, self._root_quat = self._root_qpos()
         res = self.resolution
         self.observation_space = spaces.Dict(
             pixels=spaces.Box(0, 255, (res, res, 3), np.uint8),
@@ -204,8 +238,7 @@ class TablePushEnv(MujocoGoalEnv):
 
     def set_state(self, state: np.ndarray) -> None:
         s = self._check_state(state)
-        self.data.qpos[:] = s[: self._nq]
-        self.data.qvel[:] = s[self._nq :]
+        self._load(s[: self._nq], s[self._nq :])
         mujoco.mj_forward(self.model, self.data)
 
     def particle_positions(self, state: np.ndarray) -> np.ndarray:
@@ -228,13 +261,15 @@ class TablePushEnv(MujocoGoalEnv):
 
     # -- hooks ----------------------------------------------------------------------
     def _apply_action(self, action: np.ndarray) -> None:
+        self._load(self.data.qpos.copy(), self.data.qvel.copy())  # wakes what fell asleep
         start, end = action[:2] * WORKSPACE, action[2:] * WORKSPACE
-        self.data.qpos[self._pusher_qpos] = [*start, LIFT_Z]  # travel above everything
         above, down = np.array([*start, LIFT_Z]), np.array([*start, PUSH_Z])
-        end_down, end_up = np.array([*end, PUSH_Z]), np.array([*end, LIFT_Z])
-        hold = np.repeat(end_up[None], SETTLE_STEPS, axis=0)
-        path = [_line(above, down), _line(down, end_down), _line(end_down, end_up), hold]
-        self._drive(np.concatenate(path))
+        # Lifted, the pusher touches nothing, so it jumps there, and back up after the push.
+        self._park(above)
+        self._drive(np.concatenate([_line(above, down), _line(down, np.array([*end, PUSH_Z]))]))
+        self._park(np.array([*end, LIFT_Z]))
+        self._settle_until_still()
+        mujoco.mj_forward(self.model, self.data)  # positions of the final state, for rendering
 
     def _proprio(self) -> np.ndarray:
         return (self.data.qpos[self._pusher_qpos][:2] / WORKSPACE).astype(np.float32)
@@ -246,23 +281,51 @@ class TablePushEnv(MujocoGoalEnv):
         The pusher is kinematic: before each step its velocity is set to reach the next
         waypoint, and after it its position is snapped there, so contacts cannot deflect it.
         """
-        for waypoint in path:
-            velocity = (waypoint - self.data.qpos[self._pusher_qpos]) / TIMESTEP
+        start = self.data.qpos[None, self._pusher_qpos]
+        velocities = np.diff(path, axis=0, prepend=start) / TIMESTEP
+        for waypoint, velocity in zip(path, velocities):
             self.data.qvel[self._pusher_dof] = velocity
             mujoco.mj_step(self.model, self.data)
             self.data.qpos[self._pusher_qpos] = waypoint
             self.data.qvel[self._pusher_dof] = velocity
+
+    def _load(self, qpos: np.ndarray, qvel: np.ndarray) -> None:
+        """Reset the simulator and give it ``qpos`` and ``qvel``: every body awake, with no
+        sleep history, so what follows depends on (qpos, qvel) alone."""
+        mujoco.mj_resetData(self.model, self.data)
+        self.data.qpos[:] = qpos
+        self.data.qvel[:] = qvel
+
+    def _park(self, position: np.ndarray) -> None:
+        """Put the pusher at ``position`` (xyz), at rest."""
+        self.data.qpos[self._pusher_qpos] = position
         self.data.qvel[self._pusher_dof] = 0.0
-        mujoco.mj_forward(self.model, self.data)  # positions of the final state, for rendering
+
+    def _settle_until_still(self) -> None:
+        """Step until every object dof is slower than SETTLE_SPEED, at most SETTLE_STEPS times."""
+        for _ in range(SETTLE_STEPS):
+            if np.abs(self.data.qvel[self._object_dofs]).max() < SETTLE_SPEED:
+                return
+            mujoco.mj_step(self.model, self.data)
 
     def _settle(self, qpos: np.ndarray) -> np.ndarray:
         """State after placing ``qpos`` at rest, pusher parked lifted, and settling."""
-        self.data.qpos[:] = qpos
-        self.data.qpos[self._pusher_qpos] = [WORKSPACE, WORKSPACE, LIFT_Z]
-        self.data.qvel[:] = 0.0
-        parked = self.data.qpos[self._pusher_qpos].copy()
-        self._drive(np.repeat(parked[None], RESET_SETTLE_STEPS, 0))
+        self._load(qpos, np.zeros(self.model.nv))
+        self._park(np.array([WORKSPACE, WORKSPACE, LIFT_Z]))
+        for _ in range(RESET_SETTLE_STEPS):
+            mujoco.mj_step(self.model, self.data)
         return self.get_state()
+
+    def _root_qpos(self) -> tuple[np.ndarray, np.ndarray]:
+        """qpos indices of every object root's world xy [n_roots, 2] and of the free roots'
+        orientation quaternions [n_free, 4]."""
+        m = self.model
+        objects = m.jnt_bodyid != m.body("pusher").id
+        free = m.jnt_qposadr[objects & (m.jnt_type == mujoco.mjtJoint.mjJNT_FREE)]
+        slide_x = objects & (m.jnt_type == mujoco.mjtJoint.mjJNT_SLIDE) & (m.jnt_axis[:, 0] == 1)
+        # A free joint's qpos starts with xyz; an x slide is followed by its body's y slide.
+        roots = np.concatenate([free, m.jnt_qposadr[slide_x]])
+        return roots[:, None] + np.arange(2), free[:, None] + 3 + np.arange(4)
 
     def _transform(
         self, qpos: np.ndarray, angle: float, scale: float, rng: np.random.Generator
@@ -270,8 +333,8 @@ class TablePushEnv(MujocoGoalEnv):
         """``qpos`` with the objects rotated by ``angle`` about z and scaled by ``scale`` about
         their particles' xy centroid, then shifted by ``_shift_on_table``.
 
-        Every object free joint gets the same map, so a rope moves rigidly (its ball
-        joints are relative) and a pile of spheres scales about its centre.
+        Every object root gets the same map, so a rope moves rigidly (its bending joints
+        are relative) and a pile of grains scales about its centre.
         """
         self._scratch.qpos[:] = qpos
         mujoco.mj_kinematics(self.model, self._scratch)
@@ -279,53 +342,75 @@ class TablePushEnv(MujocoGoalEnv):
         pivot, linear = xy.mean(axis=0), scale * _rotation_z(angle)
         shift = _shift_on_table((xy - pivot) @ linear.T + pivot, rng)
         out = qpos.copy()
-        pos, quat = self._free_qpos[:, :2], self._free_qpos[:, 3:]
-        out[pos] = (qpos[pos] - pivot) @ linear.T + pivot + shift
-        out[quat] = _quat_mul(_quat_z(angle), qpos[quat])
+        out[self._root_xy] = (qpos[self._root_xy] - pivot) @ linear.T + pivot + shift
+        out[self._root_quat] = _quat_mul(_quat_z(angle), qpos[self._root_quat])
         return out
-
 
 
 ROPE_SEGMENTS = 24
 SEGMENT_LENGTH = 0.016  # m, so the rope is 0.384 m long
 ROPE_RADIUS = 0.012
-ROPE_DAMPING = 2e-4  # N m s / rad at each ball joint: the rope bends, then stays put
+# N m s / rad at each bending joint: the rope bends smoothly under a push, then stays put
+# (no spring, so nothing creeps back). This also stands in for the bending resistance the
+# older capsule rope got from its overlapping next-but-one neighbours.
+ROPE_DAMPING = 0.02
 ROPE_MAX_BEND = np.pi / 2  # total turning angle of a start rope's arc is U(-this, this)
 _ROPE_RGBA = "0.85 0.2 0.1 1"
 
 
 class RopeEnv(TablePushEnv):
-    """A rope of 24 capsules linked by damped ball joints.
+    """A rope of 24 capsules linked by damped hinges that bend it in the table plane.
+
+    The capsules are drawn only; each segment collides as a sphere of the rope's radius
+    at its centre (one table contact instead of a capsule's two, and no permanent
+    contacts between overlapping neighbours). The free root is the middle segment, which
+    halves the longest chain the solver propagates through.
 
     Start: an arc of U(-90, 90) deg total bend at a random pose. Goal: the start rotated
     by U(0, 90) deg about its centroid and shifted (DINO-WM's rope protocol).
     """
 
     num_particles = ROPE_SEGMENTS
-    # free root (7 qpos, 6 dofs) + a ball joint per further segment (4, 3) + pusher (3, 3)
-    state_dim = (7 + 4 * (ROPE_SEGMENTS - 1) + 3) + (6 + 3 * (ROPE_SEGMENTS - 1) + 3)
+    solver = "Newton"
+    # free root (7 qpos, 6 dofs) + a hinge per further segment (1, 1) + pusher (3, 3)
+    state_dim = (7 + (ROPE_SEGMENTS - 1) + 3) + (6 + (ROPE_SEGMENTS - 1) + 3)
 
     def _objects_xml(self) -> str:
-        def segment(i: int) -> str:
+        def segment(i: int, x0: float, x1: float) -> str:
             return (
-                f'<geom name="p{i}" type="capsule" fromto="0 0 0 {SEGMENT_LENGTH} 0 0" '
-                f'size="{ROPE_RADIUS}" rgba="{_ROPE_RGBA}"/>'
+                f'<geom type="capsule" fromto="{x0} 0 0 {x1} 0 0" size="{ROPE_RADIUS}" '
+                f'contype="0" conaffinity="0" rgba="{_ROPE_RGBA}"/>'
+                f'<geom name="p{i}" type="sphere" pos="{(x0 + x1) / 2} 0 0" size="{ROPE_RADIUS}" '
+                f'condim="6" density="0" group="3"/>'  # group 3: not rendered
             )
 
-        chain = ""  # built from the free end inwards: each segment is its parent's child body
-        for i in reversed(range(1, ROPE_SEGMENTS)):
-            chain = (
-                f'<body pos="{SEGMENT_LENGTH} 0 0"><joint type="ball" damping="{ROPE_DAMPING}"/>'
-                f"{segment(i)}{chain}</body>"
-            )
-        start = -ROPE_SEGMENTS * SEGMENT_LENGTH / 2  # a straight rope is centred on the origin
-        return f'<body pos="{start} 0 {ROPE_RADIUS}"><freejoint/>{segment(0)}{chain}</body>'
+        def chain(indices: range, step: float) -> str:
+            """Segments ``indices`` outwards from the root, ``step`` (m) along x apart."""
+            xml = ""  # built from the free end inwards: each segment is its parent's child body
+            for k, i in reversed(list(enumerate(indices))):
+                xml = (
+                    f'<body pos="{step / 2 if k == 0 else step} 0 0">'
+                    f'<joint type="hinge" axis="0 0 1" damping="{ROPE_DAMPING}"/>'
+                    f"{segment(i, 0, step)}{xml}</body>"
+                )
+            return xml
+
+        root, half = ROPE_SEGMENTS // 2, SEGMENT_LENGTH / 2
+        forward = chain(range(root + 1, ROPE_SEGMENTS), SEGMENT_LENGTH)
+        backward = chain(range(root - 1, -1, -1), -SEGMENT_LENGTH)
+        # A straight rope is centred on the origin: the root segment spans [0, SEGMENT_LENGTH].
+        return (
+            f'<body pos="{half} 0 {ROPE_RADIUS}"><freejoint/>'
+            f"{segment(root, -half, half)}{forward}{backward}</body>"
+        )
 
     def _start_qpos(self, rng: np.random.Generator) -> np.ndarray:
         qpos = self.model.qpos0.copy()
         bend = rng.uniform(-ROPE_MAX_BEND, ROPE_MAX_BEND) / (ROPE_SEGMENTS - 1)
-        balls = self.model.jnt_qposadr[self.model.jnt_type == mujoco.mjtJoint.mjJNT_BALL]
-        qpos[balls[:, None] + np.arange(4)] = _quat_z(bend)
+        hinges = np.flatnonzero(self.model.jnt_type == mujoco.mjtJoint.mjJNT_HINGE)
+        # Going towards p0 a hinge turns the other way for the same arc.
+        towards_end = np.sign(self.model.body_pos[self.model.jnt_bodyid[hinges], 0])
+        qpos[self.model.jnt_qposadr[hinges]] = towards_end * bend
         return self._transform(qpos, rng.uniform(0, 2 * np.pi), 1.0, rng)
 
     def _goal_qpos(self, start_qpos: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -337,14 +422,15 @@ GRAIN_RADIUS = 0.0075
 GOAL_SCALE = (0.6, 0.9)  # DINO-WM's granular goal: the pile scaled by U(0.6, 0.9)
 # Start grains are this far apart at least, so even the 0.6-scaled goal has no overlaps.
 GRAIN_SPACING = 2 * GRAIN_RADIUS / GOAL_SCALE[0] * 1.02
-# Free-joint damping: it all but stops spinning (a grain's rotational inertia is tiny),
-# so shoved grains slide to a halt like sand instead of rolling across the table.
+# N s / m on each grain slide: with table friction, shoved grains slide to a halt like
+# sand. Grains have no rotational dofs at all, so they cannot roll across the table.
 GRAIN_DAMPING = 0.02
 _GRAIN_RGBA = "0.05 0.15 0.75 1"
 
 
 class GranularEnv(TablePushEnv):
-    """A loose pile of 120 small spheres.
+    """A loose pile of 120 small spheres, each free to translate (three slides) but not
+    to rotate.
 
     Start: a jittered hexagonal patch of random elliptic outline, orientation and place.
     Goal: the start pile scaled by U(0.6, 0.9) about its centroid and shifted (DINO-WM's
@@ -352,20 +438,26 @@ class GranularEnv(TablePushEnv):
     """
 
     num_particles = NUM_GRAINS
-    state_dim = (7 * NUM_GRAINS + 3) + (6 * NUM_GRAINS + 3)  # free joints + pusher
+    solver = "CG"
+    state_dim = (3 * NUM_GRAINS + 3) + (3 * NUM_GRAINS + 3)  # grain slides + pusher
 
     def _objects_xml(self) -> str:
         # Compile-time positions only need to be apart; every reset places the grains.
+        # Each slide's ref is its body's coordinate, so the grain's qpos is its world xyz.
         cols = int(np.ceil(np.sqrt(NUM_GRAINS)))
-        grain = (
-            f'<joint type="free" damping="{GRAIN_DAMPING}"/>'
-            f'<geom name="p{{i}}" type="sphere" size="{GRAIN_RADIUS}" rgba="{_GRAIN_RGBA}"/>'
-        )
         row, col = np.divmod(np.arange(NUM_GRAINS), cols)
         x, y = 0.03 * (col - cols / 2), 0.03 * (row - cols / 2)
-        return "\n".join(
-            f'<body pos="{x[i]} {y[i]} {GRAIN_RADIUS}">{grain.format(i=i)}</body>' for i in range(NUM_GRAINS)
-        )
+
+        def grain(i: int) -> str:
+            pos = (x[i], y[i], GRAIN_RADIUS)
+            slides = "".join(
+                f'<joint type="slide" axis="{axis}" ref="{ref}" damping="{GRAIN_DAMPING}"/>'
+                for axis, ref in zip(("1 0 0", "0 1 0", "0 0 1"), pos)
+            )
+            sphere = f'<geom name="p{i}" type="sphere" size="{GRAIN_RADIUS}" rgba="{_GRAIN_RGBA}"/>'
+            return f'<body pos="{pos[0]} {pos[1]} {pos[2]}">{slides}{sphere}</body>'
+
+        return "\n".join(grain(i) for i in range(NUM_GRAINS))
 
     def _start_qpos(self, rng: np.random.Generator) -> np.ndarray:
         lattice = 1.1 * GRAIN_SPACING  # the slack left for jitter keeps grains GRAIN_SPACING apart
@@ -380,9 +472,8 @@ class GranularEnv(TablePushEnv):
         angle = rng.uniform(0, 2 * np.pi, size=NUM_GRAINS)
         points += radius[:, None] * np.stack([np.cos(angle), np.sin(angle)], axis=-1)
         qpos = self.model.qpos0.copy()
-        qpos[self._free_qpos[:, :2]] = points
-        qpos[self._free_qpos[:, 2]] = GRAIN_RADIUS
-        qpos[self._free_qpos[:, 3:]] = [1.0, 0.0, 0.0, 0.0]
+        qpos[self._root_xy] = points
+        qpos[self._root_xy[:, 0] + 2] = GRAIN_RADIUS  # each grain's z slide follows its y slide
         return self._transform(qpos, rng.uniform(0, 2 * np.pi), 1.0, rng)
 
     def _goal_qpos(self, start_qpos: np.ndarray, rng: np.random.Generator) -> np.ndarray:
