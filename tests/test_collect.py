@@ -165,11 +165,11 @@ def test_bad_arguments_fail_before_anything_is_written(tmp_path):
 def test_cli_writes_only_the_dataset(tmp_path, monkeypatch, full):
     monkeypatch.chdir(tmp_path)
     argv = ["wmplan-collect", "env=pusht", "episodes=2", "seed=7", "shard_episodes=2",
-            "env.resolution=16", "env.episode_length=8", "out_dir=data/pusht"]  # fmt: skip
+            "env.resolution=16", "env.episode_length=8", "out_dir=data/pusht", "policy=pusher"]  # fmt: skip
     monkeypatch.setattr(sys, "argv", argv)
     main()
     assert sorted(os.listdir(tmp_path)) == ["data"] and os.listdir(tmp_path / "data") == ["pusht"]
-    assert json.loads((tmp_path / "data/pusht" / INFO_FILE).read_text())["policy"] == "pusher"  # env default
+    assert json.loads((tmp_path / "data/pusht" / INFO_FILE).read_text())["policy"] == "pusher"
     _assert_same(_episodes(tmp_path / "data/pusht"), full[:2])
 
 

@@ -1,10 +1,13 @@
 import numpy as np
 import pytest
+import torch
 
 from wmplan.envs.pusht import (
     AGENT_COLOR,
     BACKGROUND,
+    PLAN_BLOCK_WEIGHT,
     SUCCESS_ANGLE,
+    SUCCESS_POSITION,
     T_FILL,
     WALL_HI,
     WALL_LO,
@@ -15,6 +18,7 @@ from wmplan.envs.pusht import (
     block_on_table,
     rotation,
 )
+from wmplan.planners.oracle import EnvDistance
 
 
 def state(agent, block, angle=0.0, agent_velocity=(0.0, 0.0)) -> np.ndarray:
@@ -98,6 +102,32 @@ def test_success_rule(env):
     assert env.evaluate(goal + [0, 0, 0, 0, 2 * np.pi - 0.1, 0, 0, 0, 0, 0], goal)["success"]  # wrapped
     far = env.evaluate(state((50, 50), (100, 100)), goal)
     assert not far["success"] and far["distance"] > 200
+
+
+def test_planning_cost_scales_each_success_error_by_its_threshold_and_weighs_the_block(env):
+    goal = state((200, 200), (300, 300), angle=1.0)
+
+    def cost(dx_agent=0.0, dx_block=0.0, turn=0.0):
+        return env.planning_cost(goal + [dx_agent, 0, dx_block, 0, turn, 0, 0, 0, 0, 0], goal)
+
+    assert cost() == 0.0
+    assert cost(dx_agent=SUCCESS_POSITION) == pytest.approx(1.0)
+    assert cost(dx_block=SUCCESS_POSITION) == pytest.approx(PLAN_BLOCK_WEIGHT)  # the block's errors count more
+    assert cost(turn=SUCCESS_ANGLE) == pytest.approx(PLAN_BLOCK_WEIGHT)  # the angle counts, though `distance` does not
+    assert cost(turn=2 * np.pi - SUCCESS_ANGLE) == pytest.approx(PLAN_BLOCK_WEIGHT)  # wrapped
+    expected = np.hypot(12, PLAN_BLOCK_WEIGHT * 9) / 20 + PLAN_BLOCK_WEIGHT * 0.1 / SUCCESS_ANGLE
+    assert cost(dx_agent=12, dx_block=9, turn=0.1) == pytest.approx(expected)
+
+
+def test_oracle_cost_is_the_planning_cost_of_each_candidate_final_state(env):
+    goal = state((200, 200), (300, 300), angle=1.0)
+    finals = np.stack([goal, goal + [30, 0, 0, 0, 0, 0, 0, 0, 0, 0], goal + [0, 0, 0, 0, 0.5, 0, 0, 0, 0, 0]])
+    path = np.stack([np.zeros_like(finals), finals], axis=1)  # [S=3, H=2, 10]: only the last state counts
+    pred = {"latents": torch.from_numpy(path)[None, ..., None, None], "proprio": None}
+    cost = EnvDistance(env)(pred, {"latents": torch.from_numpy(goal)[None, :, None, None]}, None)
+    assert cost.shape == (1, 3)
+    np.testing.assert_allclose(cost[0].numpy(), [env.planning_cost(f, goal) for f in finals])
+    assert cost[0, 2] > 1  # turned past the success angle: costly, though its `distance` is 0
 
 
 def test_sample_start_and_goal(env):

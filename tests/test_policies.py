@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from wmplan.data.policies import make_policy
+from wmplan.data.policies import ExpertPolicy, make_policy
 from wmplan.envs.config import load_env_config
-from wmplan.envs.pusht import block_center
+from wmplan.envs.pusht import AGENT_RADIUS, block_center
 
 
 def _env(name):
@@ -44,6 +44,54 @@ def test_pusher_moves_the_t_block_more_than_random_actions():
     assert moved["pusher"] > 50 and moved["pusher"] > 3 * moved["random"]
 
 
+def test_expert_is_seeded_and_acts_inside_the_action_box():
+    env = _env("pusht")
+    runs = [_rollout(env, make_policy("expert", env, np.random.default_rng(4)), steps=60, seed=4) for _ in range(2)]
+    (states, actions), (twin_states, twin_actions) = runs
+    assert actions.dtype == np.float32 and actions.shape == (60, 2)
+    assert np.all(np.abs(actions) <= 1)
+    np.testing.assert_array_equal(actions, twin_actions)  # same seeds, same episode
+    np.testing.assert_array_equal(states, twin_states)
+    other = _rollout(env, make_policy("expert", env, np.random.default_rng(5)), steps=60, seed=4)[1]
+    assert not np.array_equal(actions, other)  # the policy's own generator drives its noise and choices
+
+
+def test_expert_moves_at_human_speed_and_pushes_the_t_toward_its_target():
+    env = _env("pusht")
+    speeds, moved, closer = [], [], []
+    for seed in range(3):
+        policy = make_policy("expert", env, np.random.default_rng(seed))
+        states, _ = _rollout(env, policy, steps=150, seed=seed)
+        speeds.append(np.linalg.norm(np.diff(states[:, :2], axis=0), axis=1).mean())
+        centers = np.array([block_center(s) for s in states])
+        moved.append(np.linalg.norm(np.diff(centers, axis=0), axis=1).sum())  # path length in px
+        start, end = (policy.tee.pose_distance(s, np.array(ExpertPolicy.TARGET)) for s in (states[0], states[-1]))
+        closer.append(end < 0.5 * start)
+    # DINO-WM's PushT data (replayed human demos): ~10 px per 10 Hz step RMS; the pusher ~18 on average.
+    assert all(4 < v < 12 for v in speeds), speeds
+    assert min(moved) > 100, moved
+    assert all(closer)  # the T is pushed toward the target pose, not just around
+
+
+@pytest.mark.parametrize("goal", [(256, 200, 0.0), (256, 256, 0.4), (300, 256, -0.4)])  # shift, turn, both
+def test_expert_push_rates_predict_what_a_push_does_to_the_pose(goal):
+    env = _env("pusht")
+    policy = make_policy("expert", env, np.random.default_rng(0))
+    tee, goal = policy.tee, np.array(goal)
+    start = np.array([0, 0, 256, 256, 0, 0, 0, 0, 0, 0], dtype=float)
+    points = tee.to_world(start, policy.body_points)
+    normals = tee.to_world(start, policy.body_normals, translate=False)
+    rates = tee.push_rates(start, points, normals, goal)
+    assert rates.max() > 0.5 and rates.min() < -0.5
+    for c in (np.argmax(rates), np.argmin(rates)):
+        pusher = start.copy()
+        pusher[:2] = points[c] + normals[c] * (AGENT_RADIUS + 1)  # agent 1 px off the contact
+        path = env.unwrapped.simulate(pusher, np.tile(-0.1 * normals[c], (5, 1)))  # ~18 px inward
+        pushed = (path[-1, :2] - path[0, :2]) @ -normals[c] - 1.0
+        change = tee.pose_distance(path[-1], goal) - tee.pose_distance(start, goal)
+        assert change == pytest.approx(-rates[c] * pushed, rel=0.2)  # the simulator agrees
+
+
 def test_waypoint_reaches_successive_random_cells():
     env = _env("pointmaze_umaze")
     policy = make_policy("waypoint", env, np.random.default_rng(2), noise=0.0)
@@ -61,8 +109,12 @@ def test_waypoint_reaches_successive_random_cells():
 def test_bad_policy_names_and_env_pairs_are_rejected():
     pusht, maze = _env("pusht"), _env("pointmaze_umaze")
     rng = np.random.default_rng(0)
-    with pytest.raises(ValueError, match="unknown policy 'expert'"):
-        make_policy("expert", pusht, rng)
+    with pytest.raises(ValueError, match="unknown policy 'oracle'"):
+        make_policy("oracle", pusht, rng)
+    with pytest.raises(ValueError, match="'expert' needs a PushTEnv, got PointMazeEnv"):
+        make_policy("expert", maze, rng)
+    with pytest.raises(ValueError, match="expert: noise must be >= 0"):
+        make_policy("expert", pusht, rng, noise=-0.1)
     with pytest.raises(ValueError, match="'pusher' needs a PushTEnv, got PointMazeEnv"):
         make_policy("pusher", maze, rng)
     with pytest.raises(ValueError, match="'waypoint' needs a PointMazeEnv, got PushTEnv"):

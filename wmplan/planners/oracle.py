@@ -2,8 +2,9 @@
 
 ``OracleModel(env)`` stands in for a world model: its "latents" are simulator states
 ``[state_dim, 1, 1]`` and its rollout is ``env.simulate`` (true dynamics, no rendering).
-Pair it with ``EnvDistance(env)``, the env's own ``evaluate`` distance, and the planner
-searches with a perfect model and a perfect cost: what planning alone can reach.
+Pair it with ``EnvDistance(env)``, the env's own cost (its ``planning_cost`` or ``evaluate``
+distance), and the planner searches with a perfect model and a perfect cost: what planning
+alone can reach.
 ``OracleModel(env, render=True)`` is a perfect *pixel* model instead (latents are the rendered
 frames, float [3, H, W] in [0, 1]): it isolates an image objective's quality from model error.
 
@@ -12,7 +13,8 @@ Cost: the GoalEnv API simulates one state at a time, so a replan runs
 ``evaluate`` per candidate. CEM 300 x 30, horizon 5, frameskip 5 is 225k steps per episode
 per replan; at ~10 us a step (numpy dynamics) that is ~2-3 s, at ~100 us (pymunk) ~25 s.
 Measured: WallEnv simulates at ~23 us a step, so CEM 300 x 30 costs ~5 s per episode per
-replan, ``cem`` (64 x 5) ~0.2 s. ``render=True`` adds one render per predicted frame.
+replan, ``cem`` (64 x 5) ~0.2 s; PushT (pymunk) at ~190 us, ~43 s and ~1.5 s.
+``render=True`` adds one render per predicted frame.
 """
 
 from __future__ import annotations
@@ -70,15 +72,20 @@ def to_latents(pixels: Tensor) -> Tensor:
 
 
 class EnvDistance:
-    """Cost [B, S]: the env's ``evaluate`` distance from the last predicted state to the goal state."""
+    """Cost [B, S] of the last predicted state against the goal state, as the env scores it.
+
+    The env's ``planning_cost(state, goal)`` where it defines one (PushT: its success test's
+    errors over their thresholds, the block angle included), else its ``evaluate`` distance.
+    """
 
     def __init__(self, env: gym.Env):
         self.env = env.unwrapped
+        self.cost = getattr(self.env, "planning_cost", None) or (lambda s, g: self.env.evaluate(s, g)["distance"])
 
     def __call__(self, pred: Prediction, goal: Goal, actions: Tensor) -> Tensor:
         if pred["latents"].shape[-3:] != (self.env.state_dim, 1, 1):
             raise ValueError("EnvDistance needs state latents [B,S,H,state_dim,1,1]: use OracleModel(env, render=False)")
         final = pred["latents"][:, :, -1, :, 0, 0].cpu().numpy()  # [B, S, state_dim]
         target = goal["latents"][:, :, 0, 0].cpu().numpy()  # [B, state_dim]
-        cost = [[self.env.evaluate(s, target[b])["distance"] for s in final[b]] for b in range(len(final))]
+        cost = [[self.cost(s, target[b]) for s in final[b]] for b in range(len(final))]
         return torch.tensor(cost, dtype=torch.float64)
