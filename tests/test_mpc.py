@@ -190,7 +190,7 @@ def test_results_json_videos_and_summary(tmp_path, oracle_records):
     assert frames.shape[1:] == (16, 2 * 16 + 2, 3)  # episode | white gap | goal
     assert np.array_equal(frames[0, :, :16], oracle_records[0].frames[0])
     assert np.array_equal(frames[0, :, 18:], oracle_records[0].goal_image)
-    line = summary_line(oracle_records, "point/oracle")
+    line = summary_line(results, "point/oracle")
     assert line.startswith("point/oracle: success 1.00") and "4 episodes" in line
 
 

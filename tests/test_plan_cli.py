@@ -3,7 +3,10 @@ trained checkpoint; results.json schema, videos, determinism, env checks."""
 
 from __future__ import annotations
 
+import functools
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,12 +17,13 @@ from conftest import RESOLUTION, compose_config
 import wmplan
 from wmplan.hardware import cpu_name, resolve_precision
 from wmplan.planners.evaluate import evaluate
+from wmplan.planners.shards import merge_shards
 from wmplan.rollout import file_hash
 
 EPISODES, BUDGET, HORIZON, FRAMESKIP = 3, 10, 2, 5
 SUMMARY_KEYS = {"episodes", "success_rate", "success_rate_any", "mean_final_distance", "mean_min_distance",
                 "replans", "plan_time_mean_s", "plan_time_max_s"}
-RECORD_KEYS = {"success", "success_any", "final_distance", "min_distance", "steps", "plan_times", "distances",
+RECORD_KEYS = {"episode", "success", "success_any", "final_distance", "min_distance", "steps", "plan_times", "distances",
                "actions", "start_state", "goal_state"}
 
 
@@ -137,3 +141,56 @@ def test_frame_weights_that_do_not_fit_the_plans_are_refused(checkpoint, tmp_pat
     results = evaluate(plan_config(checkpoint, tmp_path, "objective.frame_weights=[1.0,1.0]", "execute_k=1",
                                    "budget_horizon=false"))
     assert len(results["records"][0]["plan_times"]) == 2
+
+
+def test_sharded_evaluation_merges_to_the_unsharded_results(runs, checkpoint, tmp_path):
+    """Shards 0/2 and 1/2 of the checkpoint run, merged, equal the one-job run bit for bit."""
+    results, _ = runs["checkpoint"]
+    for i in (1, 0):
+        shard = evaluate(plan_config(checkpoint, tmp_path, f"episodes_shard={i}/2"))
+        assert shard["summary"].endswith(f"{len(shard['records'])} episodes") and f"shard {i}/2" in shard["summary"]
+    assert [r["episode"] for r in json.loads((tmp_path / "results.shard-0-of-2.json").read_text())["records"]] == [0, 1]
+    with pytest.raises(ValueError, match=r"shards \[1, 2\] of 3 have no results yet"):
+        evaluate(plan_config(checkpoint, tmp_path / "three", "episodes_shard=0/3"))
+        merge_shards(tmp_path / "three")
+    merged = merge_shards(tmp_path)
+    assert json.loads((tmp_path / "results.json").read_text())["records"] == merged["records"]
+    same = deterministic_part(json.loads(json.dumps(merged)))
+    assert len(same.pop("shards")) == 2 and same == deterministic_part(results)
+    assert [r["episode"] for r in merged["records"]] == list(range(EPISODES))
+    assert merged["config"]["episodes_shard"] is None
+    assert sorted(p.name for p in (tmp_path / "videos").iterdir()) == sorted(p.name for p in (runs["checkpoint"][1] / "videos").iterdir())
+
+
+def test_shards_of_different_evaluations_are_not_merged(tmp_path):
+    evaluate(plan_config("oracle", tmp_path, "episodes_shard=0/2"))
+    evaluate(plan_config("oracle", tmp_path, "episodes_shard=1/2", "planner.iterations=3"))
+    with pytest.raises(ValueError, match="results.shard-1-of-2.json was run with other settings than .*: planner"):
+        merge_shards(tmp_path)
+    assert not (tmp_path / "results.json").exists()
+    with pytest.raises(FileNotFoundError, match="no results.shard"):
+        merge_shards(tmp_path / "empty")
+
+
+@pytest.mark.parametrize("shard", ["2/2", "1", "a/b", "0/4"])
+def test_bad_shards_are_refused(shard, tmp_path):
+    with pytest.raises(ValueError, match="episodes_shard"):  # 0/4: more shards than the 3 episodes
+        evaluate(plan_config("oracle", tmp_path, f"episodes_shard={shard}"))
+
+
+def test_multirun_over_shards_then_merge_cli(tmp_path):
+    """The command-line path: one Hydra multirun over the shards (the local launcher runs
+    them in turn; a cluster launcher would run them as jobs), then wmplan-plan-merge."""
+    overrides = [f"out_dir={tmp_path}", f"env.resolution={RESOLUTION}", "episodes=3", f"budget_env_steps={BUDGET}",
+                 f"horizon={HORIZON}", "planner.num_samples=8", "planner.topk=2", "planner.iterations=2",
+                 "progress=false", "videos=0"]
+    run = functools.partial(subprocess.run, capture_output=True, text=True, cwd=tmp_path)
+    sweep = run([sys.executable, "-m", "wmplan.planners.evaluate", "-m", "episodes_shard=0/2,1/2", *overrides])
+    assert sweep.returncode == 0, sweep.stderr
+    merge = run([sys.executable, "-m", "wmplan.planners.shards", str(tmp_path)])
+    assert merge.returncode == 0 and merge.stdout.startswith("wall (2 shards): success"), merge.stderr
+    one = evaluate(compose_config("plan", [o.replace(str(tmp_path), str(tmp_path / "one")) for o in overrides]))
+    merged = json.loads((tmp_path / "results.json").read_text())
+    assert merged["records"][2]["actions"] == one["records"][2]["actions"]
+    missing = run([sys.executable, "-m", "wmplan.planners.shards", str(tmp_path / "nothing")])
+    assert missing.returncode == 2 and "wmplan-plan-merge: error: no results.shard" in missing.stderr

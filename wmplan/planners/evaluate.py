@@ -6,7 +6,7 @@
 
 Writes ``results.json`` (success rate, distances, per-episode records, planning time per
 replan, config, checkpoint hash), GIFs of executed episodes next to the goal, and prints a
-one-line summary.
+one-line summary. ``episodes_shard=i/n`` plans one shard of the episodes (``shards``).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from wmplan.hardware import tune_cpu_allocator
 from wmplan.planners import build_objective, build_planner
 from wmplan.planners.mpc import plan_horizons, run_mpc, sample_episodes, save_videos, summary_line, write_results
 from wmplan.planners.oracle import EnvDistance, OracleModel
+from wmplan.planners.shards import parse_shard, results_name, shard_episode_ids
 from wmplan.provenance import provenance
 
 CONFIG_DIR = str(_CONFIG_DIR)  # wmplan/configs, as the absolute string hydra.main needs
@@ -101,23 +102,28 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     tune_cpu_allocator()
     check_frame_weights(cfg)
+    shard = parse_shard(cfg.episodes_shard)
+    episode_ids = shard_episode_ids(cfg.episodes, shard)
     env = make(cfg.env.id, frameskip=cfg.env.frameskip, resolution=cfg.env.resolution, **cfg.env.env_kwargs)
-    episodes = episodes_for(cfg, env)
+    every_episode = episodes_for(cfg, env)  # all are drawn from the seed, so a shard's are the same
+    episodes = [every_episode[i] for i in episode_ids]
     encode_fn, make_rollout_fn, objective, wm = model_and_objective(cfg, env)
     planner = build_planner({"name": "random"} if cfg.world_model == "random" else cfg.planner)
     records = run_mpc(
         env, planner, objective, encode_fn, make_rollout_fn, episodes,
         budget_env_steps=cfg.budget_env_steps, execute_k=cfg.execute_k, horizon=cfg.horizon,
-        history=context_history(cfg, wm), seed=cfg.seed, budget_horizon=cfg.budget_horizon, progress=cfg.progress,
+        history=context_history(cfg, wm), seed=cfg.seed, budget_horizon=cfg.budget_horizon,
+        episode_ids=episode_ids, progress=cfg.progress,
     )
     out_dir = Path(cfg.out_dir)
     config = OmegaConf.to_container(cfg, resolve=True)
     checkpoint = None if cfg.world_model in BASELINES else cfg.world_model
-    results = write_results(out_dir / "results.json", records, config, checkpoint, wm and wm.checkpoint_hash,
+    results = write_results(out_dir / results_name(shard), records, config, checkpoint, wm and wm.checkpoint_hash,
                             provenance(precision=wm and wm.precision))
     if cfg.videos:
-        save_videos(records[: cfg.videos], out_dir / "videos", fmt=cfg.video_format)
-    results["summary"] = summary_line(records, label=f"{cfg.env.name} {Path(str(cfg.world_model)).name}")
+        save_videos([r for r in records if r.episode < cfg.videos], out_dir / "videos", fmt=cfg.video_format)
+    label = f"{cfg.env.name} {Path(str(cfg.world_model)).name}" + ("" if shard is None else f" shard {cfg.episodes_shard}")
+    results["summary"] = summary_line(results, label=label)
     env.close()
     return results
 

@@ -46,6 +46,7 @@ class EpisodeRecord:
     start_state: np.ndarray
     goal_state: np.ndarray
     goal_image: np.ndarray  # uint8 [H, W, 3]
+    episode: int = 0  # the episode's index in the evaluation (its randomness stream)
     frames: list[np.ndarray] = field(default_factory=list)  # observation after each planner step (+ start)
     actions: list[np.ndarray] = field(default_factory=list)  # executed planner actions [Aw]
     distances: list[float] = field(default_factory=list)
@@ -66,6 +67,7 @@ class EpisodeRecord:
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "episode": self.episode,
             "success": self.success,
             "success_any": self.success_any,
             "final_distance": self.distances[-1],
@@ -128,7 +130,8 @@ def run_mpc(
 
     goal_obs = [observe(env, goal) for _, goal in episodes]
     goal = encode_fn(obs_batch(goal_obs))
-    records = [EpisodeRecord(np.asarray(s), np.asarray(g), o["pixels"]) for (s, g), o in zip(episodes, goal_obs)]
+    records = [EpisodeRecord(np.asarray(s), np.asarray(g), o["pixels"], i)
+               for (s, g), o, i in zip(episodes, goal_obs, episode_ids)]
     obs_steps = [obs_batch([observe(env, s) for s, _ in episodes])]  # one batch per planner step
     act_steps: list[torch.Tensor] = []  # executed planner actions [B, Aw] per step
     for record, pixels in zip(records, obs_steps[0]["pixels"].numpy()):
@@ -262,17 +265,18 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     return float(max(0.0, centre - half)), float(min(1.0, centre + half))
 
 
-def summarize(records: Sequence[EpisodeRecord]) -> dict[str, float]:
-    """Aggregate numbers; ``success_rate`` is success at the end (the main number)."""
-    plan_times = [t for r in records[:1] for t in r.plan_times]  # replans are shared by the batch
-    successes = sum(r.success for r in records)
+def summarize(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Aggregate numbers of records in their JSON form (``EpisodeRecord.to_json``);
+    ``success_rate`` is success at the end (the main number)."""
+    plan_times = [t for r in records[:1] for t in r["plan_times"]]  # replans are shared by the batch
+    successes = sum(r["success"] for r in records)
     return {
         "episodes": len(records),
-        "success_rate": float(np.mean([r.success for r in records])),
+        "success_rate": float(np.mean([r["success"] for r in records])),
         "success_ci95": wilson_interval(successes, len(records)),
-        "success_rate_any": float(np.mean([r.success_any for r in records])),
-        "mean_final_distance": float(np.mean([r.distances[-1] for r in records])),
-        "mean_min_distance": float(np.mean([min(r.distances) for r in records])),
+        "success_rate_any": float(np.mean([r["success_any"] for r in records])),
+        "mean_final_distance": float(np.mean([r["final_distance"] for r in records])),
+        "mean_min_distance": float(np.mean([r["min_distance"] for r in records])),
         "replans": len(plan_times),
         "plan_time_mean_s": float(np.mean(plan_times)),
         "plan_time_max_s": float(np.max(plan_times)),
@@ -292,12 +296,13 @@ def write_results(
 
     ``checkpoint_hash`` is the world model's (``WorldModel.checkpoint_hash``, a sha256).
     """
+    rows = [r.to_json() for r in records]
     results = {
-        **summarize(records),
+        **summarize(rows),
         "config": dict(config),
         "checkpoint": {"path": None if checkpoint is None else str(checkpoint), "sha256": checkpoint_hash},
         "provenance": None if provenance is None else dict(provenance),
-        "records": [r.to_json() for r in records],
+        "records": rows,
     }
     write_json_atomic(path, results, indent=2, sort_keys=False, default=str)
     return results
@@ -310,16 +315,17 @@ def save_videos(
     if fmt not in ("gif", "mp4"):
         raise ValueError(f"video format must be 'gif' or 'mp4', got {fmt!r}")
     paths = []
-    for i, r in enumerate(records):
+    for r in records:
         frames = np.stack(r.frames)  # [T, H, W, 3]
         goal = np.broadcast_to(r.goal_image, frames.shape)
-        name = f"episode_{i:03d}_{'success' if r.success else 'failure'}.{fmt}"
+        name = f"episode_{r.episode:03d}_{'success' if r.success else 'failure'}.{fmt}"
         paths.append(save_video(Path(out_dir) / name, tile([frames, goal]), fps))
     return paths
 
 
-def summary_line(records: Sequence[EpisodeRecord], label: str = "") -> str:
-    s = summarize(records)
+def summary_line(results: Mapping[str, Any], label: str = "") -> str:
+    """One line from a results dict (``write_results``, ``merge_shards``)."""
+    s = results
     return (
         f"{label + ': ' if label else ''}success {s['success_rate']:.2f} [95% CI {s['success_ci95'][0]:.2f}-"
         f"{s['success_ci95'][1]:.2f}] (any step {s['success_rate_any']:.2f}) "
