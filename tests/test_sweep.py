@@ -1,0 +1,134 @@
+"""wmplan-sweep: ablation files, one cell end to end, skipping and resuming, the report, the
+multirun command line, and the SLURM launcher config."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import RESOLUTION
+from hydra import compose, initialize_config_dir
+
+from wmplan.config_dir import CONFIG_DIR
+from wmplan.sweep import cell_spec, model_dir, run_cell, train_overrides, write_report
+
+ABLATIONS = sorted(p.stem for p in (CONFIG_DIR / "ablation").glob("*.yaml"))
+TINY_TRAIN = ["model=tiny", "latent=pixels", "latent.pixel_size=8", "data.num_frames=3", "data.val_fraction=0.3",
+              "training.batch_size=2", "training.warmup_steps=1", "validation.every_n_steps=2", "validation.num_clips=2",
+              "validation.batch_size=2", "validation.num_batches=1", "validation.sampler.steps=2"]
+TINY_PLAN = ["budget_env_steps=10", "horizon=2", "planner.num_samples=8", "planner.topk=2", "planner.iterations=2"]
+
+
+def quoted(items: list[str]) -> str:
+    return "[" + ",".join(f'"{x}"' for x in items) + "]"
+
+
+def sweep_overrides(data: Path, out: Path) -> list[str]:
+    return [f"data={data}", f"out_dir={out}", "recipe=null", f"env.resolution={RESOLUTION}",
+            "budget.train_steps=3", "budget.quality_clips=2", "budget.rollout_steps=3",
+            "budget.quality_sampler_steps=2", "budget.plan_episodes=2",
+            f"train_overrides={quoted(TINY_TRAIN)}", f"plan_overrides={quoted(TINY_PLAN)}"]
+
+
+def sweep_config(overrides: list[str], hydra: bool = False):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose("sweep", overrides, return_hydra_config=hydra)
+
+
+@pytest.mark.parametrize("ablation", ABLATIONS)
+def test_ablation_cells_are_swept_and_compose(ablation):
+    """The sweeper runs exactly the listed cells, and each cell's training config composes on
+    the Wall recipe with the change the cell names."""
+    cfg = sweep_config([f"ablation={ablation}"], hydra=True)
+    cells = list(cfg.ablation.cells)
+    assert cfg.hydra.sweeper.params.cell.split(",") == cells and len(cells) >= 3
+    dirs = set()
+    for cell in cells:
+        cfg.cell = cell
+        spec = cell_spec(cfg)
+        overrides = train_overrides(cfg, spec)
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            train_cfg = compose("train", overrides)
+        assert train_cfg.env.name == "wall" and train_cfg.latent.pixel_size == 64  # the recipe is applied
+        dirs.add(model_dir(cfg, overrides))
+        if ablation == "objective":
+            assert train_cfg.diffusion.objective == cell and train_cfg.diffusion.timestep_sampling == "uniform"
+        if ablation == "action_injection":
+            assert train_cfg.model.action_injection == cell
+        if ablation == "sampling_steps":
+            assert spec["sampler_steps"] == int(cell)
+    # One model per cell, except that the sampling-steps cells share one.
+    assert len(dirs) == (1 if ablation == "sampling_steps" else len(cells))
+
+
+def test_unknown_cell_is_refused(tmp_path):
+    cfg = sweep_config(["ablation=size", "cell=huge"])
+    with pytest.raises(ValueError, match=r"cell='huge' is not a cell of ablation size: choose one of \['tiny', 'mini', 'S'\]"):
+        run_cell(cfg)
+
+
+def test_one_cell_end_to_end_skips_when_done_and_resumes(wall_data, tmp_path):
+    out = tmp_path / "sweep"
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("sweep", [*sweep_overrides(wall_data, out), "ablation=objective", "cell=x"])
+        result = run_cell(cfg)
+        cell_dir = out / "cells" / "x"
+        assert json.loads((cell_dir / "cell.json").read_text()) == json.loads(json.dumps(result))
+        assert result["quality"]["predicted_frames"] == 3 and len(result["quality"]["model"]["psnr_per_frame"]) == 3
+        assert set(result["sensitivity"]["latent_mse"]) == {"ground_truth", "zero", "random", "context"}
+        assert result["plan"]["episodes"] == 2 and 0 <= result["plan"]["success_rate"] <= 1
+        assert Path(result["checkpoint"]).is_file()
+        # Finished: a rerun reads cell.json and measures nothing.
+        stamps = {p.name: p.stat().st_mtime_ns for p in cell_dir.glob("*.json")}
+        assert run_cell(cfg) == json.loads(json.dumps(result))
+        assert {p.name: p.stat().st_mtime_ns for p in cell_dir.glob("*.json")} == stamps
+        # Interrupted after quality and sensitivity: only the plan runs again, to the same result.
+        (cell_dir / "cell.json").unlink()
+        (cell_dir / "plan.json").unlink()
+        again = run_cell(cfg)
+        assert (cell_dir / "quality.json").stat().st_mtime_ns == stamps["quality.json"]
+        assert again["plan"]["success_rate"] == result["plan"]["success_rate"]
+    rows = list(csv.DictReader((out / "sweep.csv").open()))
+    assert [r["cell"] for r in rows] == ["x"] and float(rows[0]["psnr"]) == pytest.approx(result["quality"]["model"]["psnr"])
+    assert "| x | `diffusion=x_cosine_ztsnr_uniform` |" in (out / "sweep.md").read_text()
+    assert (out / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_keeps_the_ablation_order(tmp_path):
+    def cell(name, psnr):
+        quality = {"model": {"psnr": psnr, "psnr_per_frame": [psnr + 1, psnr]}, "copy_last": {"psnr": 20.0, "psnr_per_frame": [21.0, 20.0]}}
+        return {"ablation": "size", "cell": name, "env": "wall", "train": [f"model={name}"], "quality": quality,
+                "sensitivity": {"latent_mse": {"ground_truth": 0.1, "zero": 0.3, "random": 0.5}},
+                "plan": {"success_rate": 0.5, "success_ci95": [0.3, 0.7], "mean_final_distance": 2.0, "plan_time_mean_s": 1.5}}
+    for name, psnr in (("mini", 25.0), ("tiny", 22.0)):
+        (tmp_path / "cells" / name).mkdir(parents=True)
+        (tmp_path / "cells" / name / "cell.json").write_text(json.dumps(cell(name, psnr)))
+    rows = write_report(tmp_path, ["tiny", "mini", "S"], "bigger is better")
+    assert [r["cell"] for r in rows] == ["tiny", "mini"] and rows[1]["psnr_last_step"] == 25.0
+    md = (tmp_path / "sweep.md").read_text()
+    assert "Expected (Nano World Models): bigger is better" in md and md.index("| tiny |") < md.index("| mini |")
+    assert "| 0.50 [0.30-0.70] |" in md and "0.1 / 0.3 / 0.5" in md
+
+
+def test_multirun_command_runs_the_cells_then_reports(wall_data, tmp_path):
+    """The local launcher path: `wmplan-sweep ablation=sampling_steps cell=1,3` trains one model
+    and evaluates it twice; the end-of-multirun callback writes the report."""
+    out = tmp_path / "sweep"
+    argv = [sys.executable, "-m", "wmplan.sweep", "ablation=sampling_steps", "cell=1,3",
+            *sweep_overrides(wall_data, out), "budget.plan_episodes=0"]
+    run = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert len(list((out / "models").iterdir())) == 1
+    rows = list(csv.DictReader((out / "sweep.csv").open()))
+    assert [r["cell"] for r in rows] == ["1", "3"] and rows[0]["success"] == ""
+    assert "no MPC" in run.stdout
+
+
+def test_slurm_launcher_config_composes():
+    cfg = sweep_config(["hydra/launcher=slurm", "hydra.launcher.partition=gpu"], hydra=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher") and launcher.partition == "gpu" and launcher.gpus_per_node == 1

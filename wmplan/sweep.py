@@ -1,0 +1,279 @@
+"""``wmplan-sweep``: one-command ablations of the design choices Nano World Models studies.
+
+    wmplan-sweep ablation=objective env=wall data=data/wall        # cells eps | v | x | flow
+    wmplan-sweep ablation=size env=wall budget.train_steps=3000    # tiny | mini | S
+    wmplan-sweep ablation=action_injection env=wall                # additive | adaln | ... | cross_attention
+    wmplan-sweep ablation=sampling_steps env=wall                  # 1 | 3 | 10 | 30 DDIM steps
+    wmplan-sweep ablation=objective cell=x                         # one cell only
+    wmplan-sweep ablation=objective hydra/launcher=slurm           # one SLURM job per cell (submitit)
+
+A sweep is a Hydra multirun over ``cell`` (the ablation file lists the cells), so any Hydra
+launcher runs it: the default runs the cells one after another, ``hydra/launcher=slurm``
+submits each as a SLURM job. Each cell trains (or resumes) its world model from the env's
+recipe (``recipe``, an experiment file) plus the cell's overrides, then measures, on the same data and seeds:
+
+- prediction PSNR / SSIM per rollout step against copy-last-frame (``prediction_quality``);
+- action sensitivity: latent error of the last predicted frame under true, zero and random
+  actions (``action_sensitivity``; a model that ignores actions shows equal errors);
+- MPC success of ``wmplan-plan`` (``budget.plan_episodes``; 0 skips it).
+
+A finished cell writes ``cells/<cell>/cell.json`` atomically and is skipped when the sweep runs
+again; an interrupted one resumes its training from ``latest.ckpt`` and its evaluation from
+the steps already written. Cells whose training overrides are equal share one model (the
+sampling-steps cells all read one checkpoint). Every finished cell, and the end of the
+multirun, rewrites ``sweep.csv``, ``sweep.md`` and ``sweep.png`` from all finished cells.
+"""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import hashlib
+import io
+import json
+import logging
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import hydra
+from hydra import compose
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from wmplan.atomic import atomic_path, write_json_atomic
+from wmplan.cli import check_numbers, reports_user_errors
+from wmplan.config_dir import CONFIG_DIR
+
+log = logging.getLogger(__name__)
+CELL_FILE = "cell.json"
+
+
+# -- one cell -----------------------------------------------------------------------------
+def cell_spec(cfg: DictConfig) -> dict[str, Any]:
+    """The selected cell's {train: [...], plan: [...], sampler_steps: int | None}."""
+    cells = cfg.ablation.cells
+    if cfg.cell is None or str(cfg.cell) not in cells:  # cell=1 arrives as an int
+        raise ValueError(f"cell={cfg.cell!r} is not a cell of ablation {cfg.ablation.name}: "
+                         f"choose one of {list(cells)} (or run the whole sweep without cell=)")
+    spec = OmegaConf.to_container(cells[str(cfg.cell)], resolve=True) or {}
+    unknown = set(spec) - {"train", "plan", "sampler_steps"}
+    if unknown:
+        raise ValueError(f"ablation {cfg.ablation.name} cell {cfg.cell}: unknown keys {sorted(unknown)}")
+    return {"train": list(spec.get("train", [])), "plan": list(spec.get("plan", [])),
+            "sampler_steps": spec.get("sampler_steps")}
+
+
+def train_overrides(cfg: DictConfig, spec: dict[str, Any]) -> list[str]:
+    """The ``wmplan-train`` overrides of a cell, without where it writes."""
+    recipe = [] if cfg.recipe is None else [f"experiment={cfg.recipe}"]
+    return [*env_overrides(cfg), *recipe, f"data.path={Path(cfg.data).absolute()}",
+            f"training.max_steps={cfg.budget.train_steps}", *cfg.train_overrides, *spec["train"]]
+
+
+def env_overrides(cfg: DictConfig) -> list[str]:
+    """The sweep's env, with the settings a user may have changed on the command line."""
+    return [f"env={cfg.env.name}", f"env.resolution={cfg.env.resolution}", f"env.frameskip={cfg.env.frameskip}"]
+
+
+def model_dir(cfg: DictConfig, overrides: Sequence[str]) -> Path:
+    """Cells with equal training overrides share one model folder."""
+    key = hashlib.sha256("\n".join(overrides).encode()).hexdigest()[:12]
+    return Path(cfg.out_dir) / "models" / key
+
+
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """An exclusive lock file: two jobs that share a model train it once, one after the other."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def train_cell(cfg: DictConfig, spec: dict[str, Any]) -> Path:
+    """Train (or resume to the budget) the cell's world model; returns its checkpoint."""
+    from wmplan.train import train
+
+    overrides = train_overrides(cfg, spec)
+    out = model_dir(cfg, overrides)
+    with locked(out / "train.lock"):
+        (out / "overrides.json").parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out / "overrides.json", overrides)
+        return train(compose("train", [*overrides, f"out_dir={out}"]))
+
+
+def evaluate_cell(cfg: DictConfig, spec: dict[str, Any], checkpoint: Path, cell_dir: Path) -> dict[str, Any]:
+    """Prediction quality per step, action sensitivity and MPC success of one checkpoint;
+    each measurement is written as it finishes, so a rerun resumes after the last one."""
+    from wmplan.diagnostics import action_sensitivity, prediction_quality, reference_sampler
+    from wmplan.planners.evaluate import evaluate
+    from wmplan.rollout import WorldModel
+
+    b = cfg.budget
+    wm = WorldModel.from_checkpoint(checkpoint)
+    sampler = reference_sampler(wm, steps=spec["sampler_steps"] or b.quality_sampler_steps)
+    measures = {
+        "quality": lambda: None if not wm.module.codec.can_decode else prediction_quality(
+            wm, cfg.data, b.quality_clips, context=wm.context_frames, predicted=b.rollout_steps, seed=cfg.seed,
+            sampler=sampler),
+        "sensitivity": lambda: action_sensitivity(wm, cfg.data, b.quality_clips, seed=cfg.seed, sampler=sampler),
+        "plan": lambda: None if b.plan_episodes == 0 else plan_cell(cfg, spec, checkpoint, cell_dir / "plan", evaluate),
+    }
+    out = {}
+    for name, measure in measures.items():
+        path = cell_dir / f"{name}.json"
+        if not path.exists():
+            write_json_atomic(path, measure(), default=str)
+        out[name] = json.loads(path.read_text())
+    return out
+
+
+def plan_cell(cfg: DictConfig, spec: dict[str, Any], checkpoint: Path, out_dir: Path, evaluate) -> dict[str, Any]:
+    steps = [] if spec["sampler_steps"] is None else [f"sampler.steps={spec['sampler_steps']}"]
+    plan_cfg = compose("plan", [
+        *env_overrides(cfg), f"world_model={checkpoint}", f"episodes={cfg.budget.plan_episodes}",
+        f"seed={cfg.seed + 57}", f"out_dir={out_dir}", "videos=0", "progress=false",
+        f"goals.dataset={Path(cfg.data).absolute()}", *steps, *cfg.plan_overrides, *spec["plan"],
+    ])
+    results = evaluate(plan_cfg)
+    log.info(results["summary"])
+    return {key: results[key] for key in ("episodes", "success_rate", "success_ci95", "success_rate_any",
+                                          "mean_final_distance", "plan_time_mean_s")}
+
+
+def run_cell(cfg: DictConfig) -> dict[str, Any]:
+    """One sweep job: train and measure the cell ``cfg.cell``, unless it already finished."""
+    check_numbers(cfg, {"budget.train_steps": 1, "budget.quality_clips": 1, "budget.rollout_steps": 1,
+                        "budget.quality_sampler_steps": 1, "budget.plan_episodes": 0, "seed": 0})
+    spec = cell_spec(cfg)
+    cell_dir = Path(cfg.out_dir) / "cells" / str(cfg.cell)
+    done = cell_dir / CELL_FILE
+    if done.exists():
+        log.info(f"cell {cfg.cell}: finished earlier ({done}), skipped")
+        return json.loads(done.read_text())
+    if not Path(cfg.data).is_dir():
+        raise FileNotFoundError(f"dataset {cfg.data} not found: collect it with wmplan-collect env={cfg.env.name}")
+    checkpoint = train_cell(cfg, spec)
+    result = {"ablation": cfg.ablation.name, "cell": str(cfg.cell), "env": cfg.env.name, **spec,
+              "checkpoint": str(checkpoint), **evaluate_cell(cfg, spec, checkpoint, cell_dir)}
+    write_json_atomic(done, result, default=str)
+    write_report(cfg.out_dir, list(cfg.ablation.cells), cfg.ablation.get("finding", ""))
+    return result
+
+
+# -- the report ---------------------------------------------------------------------------
+COLUMNS = ("cell", "success", "success_ci95", "final_distance", "s_per_replan", "psnr", "copy_last_psnr",
+           "psnr_last_step", "latent_mse_true", "latent_mse_zero", "latent_mse_random")
+
+
+def report_row(cell: dict[str, Any]) -> dict[str, Any]:
+    q, s, p = cell.get("quality"), cell["sensitivity"]["latent_mse"], cell.get("plan")
+    return {
+        "cell": cell["cell"],
+        "success": None if p is None else p["success_rate"],
+        "success_ci95": None if p is None else "-".join(f"{x:.2f}" for x in p["success_ci95"]),
+        "final_distance": None if p is None else p["mean_final_distance"],
+        "s_per_replan": None if p is None else p["plan_time_mean_s"],
+        "psnr": None if q is None else q["model"]["psnr"],
+        "copy_last_psnr": None if q is None else q["copy_last"]["psnr"],
+        "psnr_last_step": None if q is None else q["model"]["psnr_per_frame"][-1],
+        "latent_mse_true": s["ground_truth"], "latent_mse_zero": s["zero"], "latent_mse_random": s["random"],
+    }
+
+
+def finished_cells(out_dir: str | Path, order: Sequence[str]) -> list[dict[str, Any]]:
+    cells_dir = Path(out_dir) / "cells"
+    return [json.loads((cells_dir / c / CELL_FILE).read_text()) for c in order if (cells_dir / c / CELL_FILE).exists()]
+
+
+def write_report(out_dir: str | Path, order: Sequence[str], finding: str = "") -> list[dict[str, Any]]:
+    """sweep.csv, sweep.md and sweep.png from every finished cell, in the ablation's order."""
+    cells = finished_cells(out_dir, order)
+    if not cells:
+        return []
+    rows = [report_row(c) for c in cells]
+    out_dir = Path(out_dir)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    with atomic_path(out_dir / "sweep.csv") as tmp:
+        tmp.write_text(buffer.getvalue())
+    with atomic_path(out_dir / "sweep.md") as tmp:
+        tmp.write_text(markdown_table(cells, rows, finding))
+    with atomic_path(out_dir / "sweep.png") as tmp:
+        plot(cells, tmp)
+    return rows
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}g}" if isinstance(value, float) else str(value)
+
+
+def markdown_table(cells: list[dict[str, Any]], rows: list[dict[str, Any]], finding: str) -> str:
+    c0 = cells[0]
+    head = (f"# Ablation `{c0['ablation']}` on {c0['env']}\n\n" + (f"Expected (Nano World Models): {finding}\n\n" if finding else "")
+            + "| cell | training overrides | success [95% CI] | final dist | s/replan | PSNR (copy-last) | PSNR last step "
+            "| latent MSE true / zero / random actions |\n|---|---|---|---|---|---|---|---|\n")
+    lines = []
+    for cell, r in zip(cells, rows):
+        success = "-" if r["success"] is None else f"{r['success']:.2f} [{r['success_ci95']}]"
+        psnr = "-" if r["psnr"] is None else f"{r['psnr']:.2f} ({r['copy_last_psnr']:.2f})"
+        lines.append(f"| {r['cell']} | `{' '.join(cell['train']) or '(recipe)'}` | {success} | {fmt(r['final_distance'])} | "
+                     f"{fmt(r['s_per_replan'])} | {psnr} | {fmt(r['psnr_last_step'], 4)} | "
+                     f"{fmt(r['latent_mse_true'])} / {fmt(r['latent_mse_zero'])} / {fmt(r['latent_mse_random'])} |")
+    return head + "\n".join(lines) + "\n"
+
+
+def plot(cells: list[dict[str, Any]], path: Path) -> None:
+    """PSNR per rollout step (copy-last dashed) and success with its 95% interval, per cell."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for i, cell in enumerate(cells):
+        q = cell.get("quality")
+        if q is not None:
+            steps = range(1, len(q["model"]["psnr_per_frame"]) + 1)
+            line, = left.plot(steps, q["model"]["psnr_per_frame"], marker="o", label=cell["cell"])
+            if i == 0:
+                left.plot(steps, q["copy_last"]["psnr_per_frame"], "k--", label="copy-last")
+    left.set(xlabel="rollout step", ylabel="PSNR (dB)", title="prediction quality")
+    left.legend(fontsize=8)
+    planned = [c for c in cells if c.get("plan")]
+    rates = [c["plan"]["success_rate"] for c in planned]
+    errors = [[r - c["plan"]["success_ci95"][0] for r, c in zip(rates, planned)],
+              [c["plan"]["success_ci95"][1] - r for r, c in zip(rates, planned)]]
+    right.bar([c["cell"] for c in planned], rates, yerr=errors, capsize=4, color="tab:blue")
+    right.set(ylim=(0, 1), ylabel="MPC success", title="planning (95% CI)")
+    fig.suptitle(f"ablation {cells[0]['ablation']} on {cells[0]['env']}")
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=100)
+    plt.close(fig)
+
+
+class WriteReport(Callback):
+    """At the end of a multirun (after every launcher's jobs), rewrite the report once more:
+    cells that finished at the same moment on a cluster may each have missed the other."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        write_report(config.out_dir, list(config.ablation.cells), config.ablation.get("finding", ""))
+
+
+@hydra.main(config_path=str(CONFIG_DIR), config_name="sweep", version_base="1.3")
+@reports_user_errors("wmplan-sweep")
+def main(cfg: DictConfig) -> None:
+    result = run_cell(cfg)
+    plan = result.get("plan")
+    print(f"wmplan-sweep {cfg.ablation.name} cell {cfg.cell}: "
+          + ("no MPC" if plan is None else f"success {plan['success_rate']:.2f}") + f" -> {cfg.out_dir}/sweep.md")
+
+
+if __name__ == "__main__":
+    main()
