@@ -15,13 +15,17 @@ recipe (``recipe``, an experiment file) plus the cell's overrides, then measures
 - prediction PSNR / SSIM per rollout step against copy-last-frame (``prediction_quality``);
 - action sensitivity: latent error of the last predicted frame under true, zero and random
   actions (``action_sensitivity``; a model that ignores actions shows equal errors);
+- plan tracking: proprio error along held-action plans run in the true env, next to
+  predicting no motion (``plan_tracking``, models with proprio);
 - MPC success of ``wmplan-plan`` (``budget.plan_episodes``; 0 skips it).
 
 A finished cell writes ``cells/<cell>/cell.json`` atomically and is skipped when the sweep runs
 again; an interrupted one resumes its training from ``latest.ckpt`` and its evaluation from
 the steps already written. Cells whose training overrides are equal share one model (the
-sampling-steps cells all read one checkpoint). Every finished cell, and the end of the
-multirun, rewrites ``sweep.csv``, ``sweep.md`` and ``sweep.png`` from all finished cells.
+sampling-steps cells all read one checkpoint). A cell with ``codec: trained_vae`` first trains
+that codec on the sweep's data into ``codecs/<name>`` (once per sweep). Every finished cell,
+and the end of the multirun, rewrites ``sweep.csv``, ``sweep.md`` and ``sweep.png`` from all
+finished cells.
 """
 
 from __future__ import annotations
@@ -57,18 +61,48 @@ def cell_spec(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError(f"cell={cfg.cell!r} is not a cell of ablation {cfg.ablation.name}: "
                          f"choose one of {list(cells)} (or run the whole sweep without cell=)")
     spec = OmegaConf.to_container(cells[str(cfg.cell)], resolve=True) or {}
-    unknown = set(spec) - {"train", "plan", "sampler_steps"}
+    unknown = set(spec) - {"train", "plan", "sampler_steps", "codec"}
     if unknown:
         raise ValueError(f"ablation {cfg.ablation.name} cell {cfg.cell}: unknown keys {sorted(unknown)}")
+    if spec.get("codec") not in (None, *CODEC_TRAINERS):
+        raise ValueError(f"ablation {cfg.ablation.name} cell {cfg.cell}: codec must be one of {list(CODEC_TRAINERS)}, "
+                         f"got {spec['codec']!r}")
     return {"train": list(spec.get("train", [])), "plan": list(spec.get("plan", [])),
-            "sampler_steps": spec.get("sampler_steps")}
+            "sampler_steps": spec.get("sampler_steps"), "codec": spec.get("codec")}
 
 
 def train_overrides(cfg: DictConfig, spec: dict[str, Any]) -> list[str]:
     """The ``wmplan-train`` overrides of a cell, without where it writes."""
     recipe = [] if cfg.recipe is None else [f"experiment={cfg.recipe}"]
+    codec = [] if spec["codec"] is None else [f"latent={spec['codec']}", f"latent.path={codec_dir(cfg, spec['codec'])}"]
     return [*env_overrides(cfg), *recipe, f"data.path={Path(cfg.data).absolute()}",
-            f"training.max_steps={cfg.budget.train_steps}", *cfg.train_overrides, *spec["train"]]
+            f"training.max_steps={cfg.budget.train_steps}", *codec, *cfg.train_overrides, *spec["train"]]
+
+
+def codec_dir(cfg: DictConfig, name: str) -> Path:
+    return (Path(cfg.out_dir) / "codecs" / name).absolute()
+
+
+def train_vae_codec(cfg: DictConfig, out: Path) -> None:
+    from wmplan.train_vae import VAETrainConfig, train_vae
+
+    vae_cfg = compose("train_vae", [*env_overrides(cfg), *cfg.codec_overrides.trained_vae])
+    train_vae(Path(cfg.data), out, VAETrainConfig(**OmegaConf.to_container(vae_cfg.train, resolve=True)))
+
+
+# Codecs a cell can train on the sweep's own data before its world model (``codec: <name>``).
+CODEC_TRAINERS = {"trained_vae": train_vae_codec}
+
+
+def prepare_codec(cfg: DictConfig, name: str | None) -> None:
+    """Train the cell's codec into ``out_dir/codecs/<name>`` unless it is there (once per sweep)."""
+    if name is None:
+        return
+    out = codec_dir(cfg, name)
+    with locked(out.parent / f"{name}.lock"):
+        if not out.exists():
+            log.info(f"training the {name} codec into {out}")
+            CODEC_TRAINERS[name](cfg, out)
 
 
 def env_overrides(cfg: DictConfig) -> list[str]:
@@ -98,6 +132,7 @@ def train_cell(cfg: DictConfig, spec: dict[str, Any]) -> Path:
     """Train (or resume to the budget) the cell's world model; returns its checkpoint."""
     from wmplan.train import train
 
+    prepare_codec(cfg, spec["codec"])
     overrides = train_overrides(cfg, spec)
     out = model_dir(cfg, overrides)
     with locked(out / "train.lock"):
@@ -109,7 +144,7 @@ def train_cell(cfg: DictConfig, spec: dict[str, Any]) -> Path:
 def evaluate_cell(cfg: DictConfig, spec: dict[str, Any], checkpoint: Path, cell_dir: Path) -> dict[str, Any]:
     """Prediction quality per step, action sensitivity and MPC success of one checkpoint;
     each measurement is written as it finishes, so a rerun resumes after the last one."""
-    from wmplan.diagnostics import action_sensitivity, prediction_quality, reference_sampler
+    from wmplan.diagnostics import action_sensitivity, plan_tracking, prediction_quality, reference_sampler
     from wmplan.planners.evaluate import evaluate
     from wmplan.rollout import WorldModel
 
@@ -121,6 +156,8 @@ def evaluate_cell(cfg: DictConfig, spec: dict[str, Any], checkpoint: Path, cell_
             wm, cfg.data, b.quality_clips, context=wm.context_frames, predicted=b.rollout_steps, seed=cfg.seed,
             sampler=sampler),
         "sensitivity": lambda: action_sensitivity(wm, cfg.data, b.quality_clips, seed=cfg.seed, sampler=sampler),
+        "tracking": lambda: None if not wm.uses_proprio or b.tracking_starts == 0 else plan_tracking(
+            wm, n_starts=b.tracking_starts, n_plans=8, seed=cfg.seed),
         "plan": lambda: None if b.plan_episodes == 0 else plan_cell(cfg, spec, checkpoint, cell_dir / "plan", evaluate),
     }
     out = {}
@@ -148,7 +185,8 @@ def plan_cell(cfg: DictConfig, spec: dict[str, Any], checkpoint: Path, out_dir: 
 def run_cell(cfg: DictConfig) -> dict[str, Any]:
     """One sweep job: train and measure the cell ``cfg.cell``, unless it already finished."""
     check_numbers(cfg, {"budget.train_steps": 1, "budget.quality_clips": 1, "budget.rollout_steps": 1,
-                        "budget.quality_sampler_steps": 1, "budget.plan_episodes": 0, "seed": 0})
+                        "budget.quality_sampler_steps": 1, "budget.plan_episodes": 0,
+                        "budget.tracking_starts": 0, "seed": 0})
     spec = cell_spec(cfg)
     cell_dir = Path(cfg.out_dir) / "cells" / str(cfg.cell)
     done = cell_dir / CELL_FILE
@@ -167,11 +205,12 @@ def run_cell(cfg: DictConfig) -> dict[str, Any]:
 
 # -- the report ---------------------------------------------------------------------------
 COLUMNS = ("cell", "success", "success_ci95", "final_distance", "s_per_replan", "psnr", "copy_last_psnr",
-           "psnr_last_step", "latent_mse_true", "latent_mse_zero", "latent_mse_random")
+           "psnr_last_step", "latent_mse_true", "latent_mse_zero", "latent_mse_random", "tracking_rmse",
+           "stay_rmse")
 
 
 def report_row(cell: dict[str, Any]) -> dict[str, Any]:
-    q, s, p = cell.get("quality"), cell["sensitivity"]["latent_mse"], cell.get("plan")
+    q, s, p, t = cell.get("quality"), cell["sensitivity"]["latent_mse"], cell.get("plan"), cell.get("tracking")
     return {
         "cell": cell["cell"],
         "success": None if p is None else p["success_rate"],
@@ -182,6 +221,7 @@ def report_row(cell: dict[str, Any]) -> dict[str, Any]:
         "copy_last_psnr": None if q is None else q["copy_last"]["psnr"],
         "psnr_last_step": None if q is None else q["model"]["psnr_per_frame"][-1],
         "latent_mse_true": s["ground_truth"], "latent_mse_zero": s["zero"], "latent_mse_random": s["random"],
+        "tracking_rmse": None if t is None else t["model"]["rmse"], "stay_rmse": None if t is None else t["stay"]["rmse"],
     }
 
 
@@ -218,14 +258,15 @@ def markdown_table(cells: list[dict[str, Any]], rows: list[dict[str, Any]], find
     c0 = cells[0]
     head = (f"# Ablation `{c0['ablation']}` on {c0['env']}\n\n" + (f"Expected (Nano World Models): {finding}\n\n" if finding else "")
             + "| cell | training overrides | success [95% CI] | final dist | s/replan | PSNR (copy-last) | PSNR last step "
-            "| latent MSE true / zero / random actions |\n|---|---|---|---|---|---|---|---|\n")
+            "| latent MSE true / zero / random actions | plan tracking RMSE (stay) |\n|---|---|---|---|---|---|---|---|---|\n")
     lines = []
     for cell, r in zip(cells, rows):
         success = "-" if r["success"] is None else f"{r['success']:.2f} [{r['success_ci95']}]"
         psnr = "-" if r["psnr"] is None else f"{r['psnr']:.2f} ({r['copy_last_psnr']:.2f})"
         lines.append(f"| {r['cell']} | `{' '.join(cell['train']) or '(recipe)'}` | {success} | {fmt(r['final_distance'])} | "
                      f"{fmt(r['s_per_replan'])} | {psnr} | {fmt(r['psnr_last_step'], 4)} | "
-                     f"{fmt(r['latent_mse_true'])} / {fmt(r['latent_mse_zero'])} / {fmt(r['latent_mse_random'])} |")
+                     f"{fmt(r['latent_mse_true'])} / {fmt(r['latent_mse_zero'])} / {fmt(r['latent_mse_random'])} | "
+                     + ("-" if r["tracking_rmse"] is None else f"{r['tracking_rmse']:.3g} ({r['stay_rmse']:.3g})") + " |")
     return head + "\n".join(lines) + "\n"
 
 
