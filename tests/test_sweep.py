@@ -98,7 +98,10 @@ def test_one_cell_end_to_end_skips_when_done_and_resumes(wall_data, tmp_path):
         assert again["plan"]["success_rate"] == result["plan"]["success_rate"]
     rows = list(csv.DictReader((out / "sweep.csv").open()))
     assert [r["cell"] for r in rows] == ["x"] and float(rows[0]["psnr"]) == pytest.approx(result["quality"]["model"]["psnr"])
-    assert "| x | `diffusion=x_cosine_ztsnr_uniform` |" in (out / "sweep.md").read_text()
+    md = (out / "sweep.md").read_text()
+    assert "| x | `diffusion=x_cosine_ztsnr_uniform` |" in md and "| *random* | (baseline) |" in md
+    oracle = json.loads((out / "baselines" / "oracle.json").read_text())
+    assert oracle["episodes"] == 2 and f"| *oracle* | (baseline) | {oracle['success_rate']:.2f}" in md
     assert (out / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -128,11 +131,14 @@ def test_report_keeps_the_ablation_order(tmp_path):
     for name, psnr in (("mini", 25.0), ("tiny", 22.0)):
         (tmp_path / "cells" / name).mkdir(parents=True)
         (tmp_path / "cells" / name / "cell.json").write_text(json.dumps(cell(name, psnr)))
+    (tmp_path / "baselines").mkdir()
+    (tmp_path / "baselines" / "oracle.json").write_text(json.dumps(
+        {"success_rate": 0.9, "success_ci95": [0.8, 1.0], "mean_final_distance": 0.5, "plan_time_mean_s": 0.2}))
     rows = write_report(tmp_path, ["tiny", "mini", "S"], "bigger is better")
     assert [r["cell"] for r in rows] == ["tiny", "mini"] and rows[1]["psnr_last_step"] == 25.0
     md = (tmp_path / "sweep.md").read_text()
     assert "Expected (Nano World Models): bigger is better" in md and md.index("| tiny |") < md.index("| mini |")
-    assert "| 0.50 [0.30-0.70] |" in md and "0.1 / 0.3 / 0.5" in md
+    assert "| 0.50 [0.30-0.70] |" in md and "0.1 / 0.3 / 0.5" in md and "| *oracle* | (baseline) | 0.90 [0.80-1.00] |" in md
 
 
 def test_multirun_command_runs_the_cells_then_reports(wall_data, tmp_path):

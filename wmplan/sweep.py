@@ -17,7 +17,8 @@ recipe (``recipe``, an experiment file) plus the cell's overrides, then measures
   actions (``action_sensitivity``; a model that ignores actions shows equal errors);
 - plan tracking: proprio error along held-action plans run in the true env, next to
   predicting no motion (``plan_tracking``, models with proprio);
-- MPC success of ``wmplan-plan`` (``budget.plan_episodes``; 0 skips it).
+- MPC success of ``wmplan-plan`` (``budget.plan_episodes``; 0 skips it), next to random
+  actions and the true-simulator oracle under the same protocol (``baselines``, once per sweep).
 
 A finished cell writes ``cells/<cell>/cell.json`` atomically and is skipped when the sweep runs
 again; an interrupted one resumes its training from ``latest.ckpt`` and its evaluation from
@@ -182,6 +183,30 @@ def plan_cell(cfg: DictConfig, spec: dict[str, Any], checkpoint: Path, out_dir: 
                                           "mean_final_distance", "plan_time_mean_s")}
 
 
+BASELINES = ("random", "oracle")
+
+
+def plan_baselines(cfg: DictConfig) -> None:
+    """Random actions and the true-simulator oracle under the cells' MPC protocol, once per
+    sweep (``baselines/<name>.json``): the floor and ceiling the success plot shows."""
+    from wmplan.planners.evaluate import evaluate
+
+    if cfg.budget.plan_episodes == 0 or not cfg.baselines:
+        return
+    folder = Path(cfg.out_dir) / "baselines"
+    for name in BASELINES:
+        with locked(folder / f"{name}.lock"):
+            if not (folder / f"{name}.json").exists():
+                spec = {"sampler_steps": None, "plan": []}
+                write_json_atomic(folder / f"{name}.json", plan_cell(cfg, spec, Path(name), folder / name, evaluate))
+
+
+def read_baselines(out_dir: str | Path) -> dict[str, dict[str, Any]]:
+    folder = Path(out_dir) / "baselines"
+    return {name: json.loads((folder / f"{name}.json").read_text()) for name in BASELINES
+            if (folder / f"{name}.json").exists()}
+
+
 def run_cell(cfg: DictConfig) -> dict[str, Any]:
     """One sweep job: train and measure the cell ``cfg.cell``, unless it already finished."""
     check_numbers(cfg, {"budget.train_steps": 1, "budget.quality_clips": 1, "budget.rollout_steps": 1,
@@ -195,6 +220,7 @@ def run_cell(cfg: DictConfig) -> dict[str, Any]:
         return json.loads(done.read_text())
     if not Path(cfg.data).is_dir():
         raise FileNotFoundError(f"dataset {cfg.data} not found: collect it with wmplan-collect env={cfg.env.name}")
+    plan_baselines(cfg)
     checkpoint = train_cell(cfg, spec)
     result = {"ablation": cfg.ablation.name, "cell": str(cfg.cell), "env": cfg.env.name, **spec,
               "checkpoint": str(checkpoint), **evaluate_cell(cfg, spec, checkpoint, cell_dir)}
@@ -236,6 +262,7 @@ def write_report(out_dir: str | Path, order: Sequence[str], finding: str = "") -
     if not cells:
         return []
     rows = [report_row(c) for c in cells]
+    baselines = read_baselines(out_dir)
     out_dir = Path(out_dir)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
@@ -244,9 +271,9 @@ def write_report(out_dir: str | Path, order: Sequence[str], finding: str = "") -
     with atomic_path(out_dir / "sweep.csv") as tmp:
         tmp.write_text(buffer.getvalue())
     with atomic_path(out_dir / "sweep.md") as tmp:
-        tmp.write_text(markdown_table(cells, rows, finding))
+        tmp.write_text(markdown_table(cells, rows, finding, baselines))
     with atomic_path(out_dir / "sweep.png") as tmp:
-        plot(cells, tmp)
+        plot(cells, baselines, tmp)
     return rows
 
 
@@ -254,7 +281,8 @@ def fmt(value: Any, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}g}" if isinstance(value, float) else str(value)
 
 
-def markdown_table(cells: list[dict[str, Any]], rows: list[dict[str, Any]], finding: str) -> str:
+def markdown_table(cells: list[dict[str, Any]], rows: list[dict[str, Any]], finding: str,
+                   baselines: dict[str, dict[str, Any]]) -> str:
     c0 = cells[0]
     head = (f"# Ablation `{c0['ablation']}` on {c0['env']}\n\n" + (f"Expected (Nano World Models): {finding}\n\n" if finding else "")
             + "| cell | training overrides | success [95% CI] | final dist | s/replan | PSNR (copy-last) | PSNR last step "
@@ -267,32 +295,45 @@ def markdown_table(cells: list[dict[str, Any]], rows: list[dict[str, Any]], find
                      f"{fmt(r['s_per_replan'])} | {psnr} | {fmt(r['psnr_last_step'], 4)} | "
                      f"{fmt(r['latent_mse_true'])} / {fmt(r['latent_mse_zero'])} / {fmt(r['latent_mse_random'])} | "
                      + ("-" if r["tracking_rmse"] is None else f"{r['tracking_rmse']:.3g} ({r['stay_rmse']:.3g})") + " |")
+    for name, b in baselines.items():
+        ci = "-".join(f"{x:.2f}" for x in b["success_ci95"])
+        lines.append(f"| *{name}* | (baseline) | {b['success_rate']:.2f} [{ci}] | {fmt(b['mean_final_distance'])} | "
+                     f"{fmt(b['plan_time_mean_s'])} | - | - | - | - |")
     return head + "\n".join(lines) + "\n"
 
 
-def plot(cells: list[dict[str, Any]], path: Path) -> None:
-    """PSNR per rollout step (copy-last dashed) and success with its 95% interval, per cell."""
+def plot(cells: list[dict[str, Any]], baselines: dict[str, dict[str, Any]], path: Path) -> None:
+    """Three panels: PSNR per rollout step (copy-last dashed); success per cell with its 95%
+    interval and the random / oracle baselines; success against seconds per replan."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    for i, cell in enumerate(cells):
-        q = cell.get("quality")
-        if q is not None:
-            steps = range(1, len(q["model"]["psnr_per_frame"]) + 1)
-            line, = left.plot(steps, q["model"]["psnr_per_frame"], marker="o", label=cell["cell"])
-            if i == 0:
-                left.plot(steps, q["copy_last"]["psnr_per_frame"], "k--", label="copy-last")
-    left.set(xlabel="rollout step", ylabel="PSNR (dB)", title="prediction quality")
-    left.legend(fontsize=8)
+    fig, (quality, success, speed) = plt.subplots(1, 3, figsize=(15, 4))
+    with_quality = [c for c in cells if c.get("quality")]
+    for cell in with_quality:
+        per_step = cell["quality"]["model"]["psnr_per_frame"]
+        quality.plot(range(1, len(per_step) + 1), per_step, marker="o", label=cell["cell"])
+    if with_quality:
+        copy_last = with_quality[0]["quality"]["copy_last"]["psnr_per_frame"]
+        quality.plot(range(1, len(copy_last) + 1), copy_last, "k--", label="copy-last")
+        quality.legend(fontsize=8)
+    quality.set(xlabel="rollout step", ylabel="PSNR (dB)", title="prediction quality")
     planned = [c for c in cells if c.get("plan")]
     rates = [c["plan"]["success_rate"] for c in planned]
     errors = [[r - c["plan"]["success_ci95"][0] for r, c in zip(rates, planned)],
               [c["plan"]["success_ci95"][1] - r for r, c in zip(rates, planned)]]
-    right.bar([c["cell"] for c in planned], rates, yerr=errors, capsize=4, color="tab:blue")
-    right.set(ylim=(0, 1), ylabel="MPC success", title="planning (95% CI)")
+    success.bar([c["cell"] for c in planned], rates, yerr=errors, capsize=4, color="tab:blue")
+    for (name, b), style in zip(baselines.items(), ("r:", "g--")):
+        success.axhline(b["success_rate"], color=style[0], linestyle=style[1:], label=f"{name} {b['success_rate']:.2f}")
+    if baselines:
+        success.legend(fontsize=8)
+    success.set(ylim=(0, 1.05), ylabel="MPC success", title="planning (95% CI)")
+    for c in planned:
+        speed.scatter(c["plan"]["plan_time_mean_s"], c["plan"]["success_rate"])
+        speed.annotate(c["cell"], (c["plan"]["plan_time_mean_s"], c["plan"]["success_rate"]), fontsize=8)
+    speed.set(xscale="log", ylim=(0, 1.05), xlabel="seconds per replan", ylabel="MPC success", title="success vs cost")
     fig.suptitle(f"ablation {cells[0]['ablation']} on {cells[0]['env']}")
     fig.tight_layout()
     fig.savefig(path, format="png", dpi=100)
