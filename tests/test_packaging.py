@@ -48,9 +48,9 @@ def requirement_name(requirement: str) -> str:
 
 def test_config_dir_holds_the_entry_point_configs():
     assert CONFIG_DIR.is_absolute() and CONFIG_DIR.is_dir()
-    for name in ("train.yaml", "plan.yaml", "collect.yaml", "train_vae.yaml"):
+    for name in ("train.yaml", "plan.yaml", "collect.yaml", "train_vae.yaml", "train_jepa.yaml", "sweep.yaml"):
         assert (CONFIG_DIR / name).is_file(), name
-    for group in ("env", "latent", "model", "diffusion", "sampler", "planner", "objective", "experiment"):
+    for group in ("env", "latent", "model", "diffusion", "sampler", "planner", "objective", "experiment", "ablation"):
         assert any(config_path(group).glob("*.yaml")), group
     assert config_path("env", "wall.yaml") == CONFIG_DIR / "env" / "wall.yaml"
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from safetensors import SafetensorError
 from torch import nn
 
-CODEC_NAMES = ("vae", "trained_vae", "pixels", "dino", "vjepa")
+CODEC_NAMES = ("vae", "trained_vae", "pixels", "dino", "vjepa", "jepa")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -282,7 +282,44 @@ class VJEPACodec(PatchFeatureCodec):
         return self.model(pixel_values_videos=video, skip_predictor=True).last_hidden_state
 
 
-CODECS = {"vae": VAECodec, "trained_vae": VAECodec, "pixels": PixelCodec, "dino": DinoCodec, "vjepa": VJEPACodec}
+class JEPACodec(LatentCodec):
+    """Encoder of a JEPA trained by ``wmplan-train-jepa`` (``wmplan.models.jepa``): K tokens of
+    D dims per frame as latents [D, sqrt K, sqrt K], times the folder's unit-variance scale."""
+
+    def __init__(self, cfg: CodecConfig, architecture: dict | None = None):
+        from wmplan.models.jepa import Encoder, JEPAConfig, load_jepa
+
+        if architecture is None:
+            if not cfg.path:
+                raise ValueError("codec 'jepa' needs `path`, a folder written by wmplan-train-jepa")
+            try:
+                model, config = load_jepa(cfg.path)
+            except FileNotFoundError as e:
+                raise FileNotFoundError(f"codec 'jepa': {e}") from None
+            except ValueError as e:
+                raise ValueError(f"codec 'jepa': {e}") from None
+            folder, model_cfg, scale, encoder = cfg.path, model.cfg, float(config["scaling_factor"]), model.encoder
+        else:  # weights come from the world-model checkpoint's state dict
+            folder, model_cfg, scale = "the checkpoint", JEPAConfig(**architecture["model"]), float(architecture["scaling_factor"])
+            encoder = Encoder(model_cfg)
+        if model_cfg.image_size != cfg.image_size:
+            raise ValueError(f"JEPA in {folder} was trained at {model_cfg.image_size} px, but image_size is {cfg.image_size}")
+        super().__init__(cfg, model_cfg.latent_shape, scale)
+        self.jepa_config = model_cfg
+        self.encoder = encoder  # the predictor is not part of the codec
+        self.freeze()
+
+    def architecture(self) -> dict:
+        return {"model": dataclasses.asdict(self.jepa_config), "scaling_factor": self.scaling_factor}
+
+    def _encode(self, x: torch.Tensor) -> torch.Tensor:
+        from wmplan.models.jepa import tokens_to_latents
+
+        return tokens_to_latents(self.encoder(x)) * self.scaling_factor  # [n, D, r, r]
+
+
+CODECS = {"vae": VAECodec, "trained_vae": VAECodec, "pixels": PixelCodec, "dino": DinoCodec, "vjepa": VJEPACodec,
+          "jepa": JEPACodec}
 
 
 def build_codec(cfg: CodecConfig | dict, architecture: dict | None = None) -> LatentCodec:

@@ -68,6 +68,8 @@ def model_and_objective(cfg: DictConfig, env) -> tuple[Any, Any, Any, Any]:
     if cfg.world_model in BASELINES:
         oracle = OracleModel(env)
         return oracle.encode, oracle.make_rollout_fn, EnvDistance(env), None
+    if str(cfg.world_model).startswith("jepa:"):  # a JEPA folder's own predictor (wmplan.jepa_world_model)
+        return jepa_model_and_objective(cfg)
     from wmplan.rollout import WorldModel
 
     wm = WorldModel.from_checkpoint(cfg.world_model, sampler=OmegaConf.to_container(cfg.sampler),
@@ -81,6 +83,20 @@ def model_and_objective(cfg: DictConfig, env) -> tuple[Any, Any, Any, Any]:
         return lambda actions: wm.rollout(context, actions, seed=context["seeds"])
 
     return wm.encode, make_rollout_fn, build_objective(cfg.objective), wm
+
+
+def jepa_model_and_objective(cfg: DictConfig) -> tuple[Any, Any, Any, Any]:
+    """``world_model=jepa:<folder>``: a folder written by ``wmplan-train-jepa``, checked against the env."""
+    from wmplan.jepa_world_model import JEPAWorldModel
+
+    if cfg.objective.get("proprio_weight", 0) > 0:
+        raise ValueError(f"{cfg.world_model} predicts no proprio: set objective.proprio_weight=0 (e.g. objective=dino_wm_maze)")
+    wm = JEPAWorldModel.from_folder(cfg.world_model, precision=cfg.precision)
+    try:
+        wm.check_env(cfg.env.id, cfg.env.frameskip, cfg.env.resolution)
+    except ValueError as err:
+        raise ValueError(f"JEPA model {cfg.world_model}: {err}") from None
+    return wm.encode, wm.make_rollout_fn, build_objective(cfg.objective), wm
 
 
 def check_frame_weights(cfg: DictConfig) -> None:

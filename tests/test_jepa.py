@@ -1,0 +1,322 @@
+"""JEPA (LeWorldModel-style) on tiny Wall data: SIGReg, training (loss, seed, resume), the saved
+folder, the `jepa` codec under NanoWM, and the predictor planning through wmplan-plan."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import RESOLUTION, TRAIN_OVERRIDES, compose_config
+from omegaconf import OmegaConf
+from safetensors import safe_open
+from test_plan_cli import EPISODES, plan_config
+
+import wmplan.train
+import wmplan.train_jepa as train_jepa_module
+from wmplan.data.dataset import ClipDataset
+from wmplan.jepa_world_model import JEPAWorldModel
+from wmplan.models.codecs import CodecConfig, build_codec
+from wmplan.models.jepa import JEPA, JEPAConfig, jepa_loss, load_jepa, save_jepa, sigreg, sigreg_null_mean
+from wmplan.models.nanowm import NanoWM, NanoWMConfig
+from wmplan.planners.evaluate import evaluate
+from wmplan.train_jepa import JEPATrainConfig, train_jepa
+
+TINY = dict(patch_size=4, width=16, depth=1, heads=2, embed_dim=16, num_tokens=1, history=2,
+            pred_width=16, pred_depth=1, pred_heads=2, mlp_ratio=2.0)
+ENV = {"id": "wmplan/Wall-v0", "frameskip": 5, "resolution": RESOLUTION}
+
+
+def tiny_training(**kw) -> JEPATrainConfig:
+    settings = dict(steps=40, batch_size=8, lr=3e-3, warmup_steps=2, sigreg_weight=1.0, sigreg_directions=32, val_clips=16,
+                    scale_clips=32, val_fraction=0.3, device="cpu", precision="fp32", log_every=1000,
+                    checkpoint_every=0)
+    return JEPATrainConfig(**{**settings, **kw})
+
+
+def weights(folder) -> dict[str, torch.Tensor]:
+    with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}
+
+
+def assert_equal_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+@pytest.fixture(scope="module")
+def jepa_folder(wall_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("jepa") / "wall"
+    metrics = train_jepa(wall_data, out, TINY, tiny_training(), ENV)
+    return out, metrics
+
+
+# -- SIGReg ---------------------------------------------------------------------------------
+def test_sigreg_is_at_its_null_mean_for_gaussians_and_large_for_collapse():
+    g = torch.Generator().manual_seed(0)
+    null = sigreg_null_mean()
+    assert null == pytest.approx(math.sqrt(2 * math.pi) - math.sqrt(2 * math.pi / 3), rel=0.02)  # the exact integral
+    gaussian = np.mean([sigreg(torch.randn(8, 256, 16, generator=g), 64, generator=g).item() for _ in range(10)])
+    assert gaussian == pytest.approx(null, rel=0.1)  # N * distance stays O(1): the distance itself is ~0
+    assert gaussian / 256 < 0.01
+    collapsed = sigreg(torch.zeros(256, 16) + 0.3, 64, generator=g).item()
+    wide = sigreg(3 * torch.randn(256, 16, generator=g), 64, generator=g).item()
+    shifted = sigreg(torch.randn(256, 16, generator=g) + 2, 64, generator=g).item()
+    assert min(collapsed, wide, shifted) > 20 * null
+    # Differentiable, and its gradient spreads a collapsed batch out.
+    z = (0.01 * torch.randn(64, 8, generator=g)).requires_grad_()
+    sigreg(z, 32, generator=torch.Generator().manual_seed(1)).backward()
+    assert torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0
+    with torch.no_grad():
+        moved = z - 0.1 * z.grad / z.grad.norm()
+    assert moved.std() > z.std()
+
+
+def test_model_shapes_and_causality():
+    cfg = JEPAConfig(image_size=16, action_dim=10, **{**TINY, "num_tokens": 4})
+    torch.manual_seed(0)
+    model = JEPA(cfg)
+    pixels = torch.randint(0, 256, (2, 3, 16, 16, 3), dtype=torch.uint8)
+    z = model.encode_clips(pixels)
+    assert z.shape == (2, 3, 4, 16)
+    for block in model.predictor.blocks:  # adaLN-Zero starts as identity blocks: give them weights
+        torch.nn.init.normal_(block.modulation.weight, std=0.1)
+    actions = torch.randn(2, 2, 10)
+    pred = model.predict(z[:, :2], actions)
+    assert pred.shape == (2, 2, 4, 16)
+    later = actions.clone()
+    later[:, 1] += 1  # a later action cannot change an earlier prediction, but changes its own
+    again = model.predict(z[:, :2], later)
+    assert torch.equal(again[:, 0], pred[:, 0]) and not torch.allclose(again[:, 1], pred[:, 1])
+    with pytest.raises(ValueError, match="at most 2 frames"):
+        model.predict(z, torch.randn(2, 3, 10))
+    with pytest.raises(ValueError, match="perfect square"):
+        JEPAConfig(num_tokens=2)
+
+
+# -- training --------------------------------------------------------------------------------
+def test_training_lowers_the_loss_and_saves_a_folder_that_loads_back(jepa_folder, wall_data):
+    folder, metrics = jepa_folder
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
+    assert not list(folder.parent.glob(".*"))  # no temp folder or resume point left behind
+    config = json.loads((folder / "config.json").read_text())
+    assert config["env"] == ENV and config["model"]["action_dim"] == 10 and config["model"]["image_size"] == 16
+    model, _ = load_jepa(folder)
+    cfg = model.cfg
+    torch.manual_seed(0)  # train seed 0: the untrained model
+    initial = JEPA(cfg)
+    clips = ClipDataset(wall_data, cfg.history + 1, 5, "train", 0.3)
+    batch = [clips[i] for i in range(0, len(clips), 4)]
+    pixels = torch.from_numpy(np.stack([b["pixels"] for b in batch]))
+    actions = torch.from_numpy(np.stack([b["actions"] for b in batch]))
+
+    def loss(m):
+        with torch.no_grad():
+            return jepa_loss(m, pixels, actions, 1.0, 64, generator=torch.Generator().manual_seed(3))[1]
+
+    before, after = loss(initial.eval()), loss(model)  # eval mode: BatchNorm's running statistics
+    assert after["loss"] < 0.6 * before["loss"]
+    # Near-identical 16 px frames start near collapse (SIGReg ~0.4 N); training spreads them out.
+    assert before["sigreg"] > 0.35 * len(batch) and after["sigreg"] < 0.5 * before["sigreg"]
+    assert 0.5 < metrics["scaling_factor"] < 3 and metrics["val_pred_mse"] >= 0 and np.isfinite(metrics["val_sigreg"])
+
+
+def test_same_seed_same_weights_other_seed_other_weights(jepa_folder, wall_data, tmp_path):
+    folder, _ = jepa_folder
+    train_jepa(wall_data, tmp_path / "again", TINY, tiny_training(), ENV)
+    assert_equal_weights(weights(folder), weights(tmp_path / "again"))
+    train_jepa(wall_data, tmp_path / "other", TINY, tiny_training(steps=2, seed=1), ENV)
+    assert not torch.equal(weights(folder)["encoder.pos"], weights(tmp_path / "other")["encoder.pos"])
+
+
+def test_save_and_load_are_bit_equal(tmp_path):
+    torch.manual_seed(1)
+    model = JEPA(JEPAConfig(image_size=16, **TINY))
+    model.encode(torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8))  # BatchNorm running statistics move
+    save_jepa(model.eval(), tmp_path / "m", {"scaling_factor": 1.0})
+    loaded, config = load_jepa(tmp_path / "m")
+    assert_equal_weights(model.state_dict(), loaded.state_dict())
+    pixels = torch.randint(0, 256, (3, 3, 16, 16), dtype=torch.uint8)
+    assert torch.equal(model.encode(pixels), loaded.encode(pixels)) and config["scaling_factor"] == 1.0
+
+
+def test_interrupted_training_resumes_to_the_same_weights(wall_data, tmp_path, monkeypatch):
+    cfg = tiny_training(steps=6, checkpoint_every=2)
+    train_jepa(wall_data, tmp_path / "full", TINY, cfg, ENV)
+    original = train_jepa_module._step
+
+    def dies_at_step_5(model, opt, clips, cfg, step, *args):
+        if step == 5:
+            raise KeyboardInterrupt("killed")
+        return original(model, opt, clips, cfg, step, *args)
+
+    monkeypatch.setattr(train_jepa_module, "_step", dies_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        train_jepa(wall_data, tmp_path / "resumed", TINY, cfg, ENV)
+    resume = tmp_path / ".resumed.resume.safetensors"
+    with safe_open(str(resume), framework="pt") as f:  # safetensors + JSON: nothing to unpickle
+        assert json.loads(f.metadata()["wmplan_jepa_resume"])["step"] == 4
+    assert not (tmp_path / "resumed").exists()
+    monkeypatch.undo()
+    steps = []
+    monkeypatch.setattr(train_jepa_module, "_step", lambda *a: steps.append(a[4]) or original(*a))
+    train_jepa(wall_data, tmp_path / "resumed", TINY, cfg, ENV)
+    assert steps == [5, 6] and not resume.exists()
+    assert_equal_weights(weights(tmp_path / "full"), weights(tmp_path / "resumed"))
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"batch_size": 1}, "batch_size must be >= 2"),
+    ({"lr": "abc"}, "train.lr must be a finite number"),
+    ({"steps": 0}, "train.steps must be an int >= 1"),
+    ({"device": "gpu"}, "train.device must be auto, cpu, cuda"),
+    ({"precision": "fp16"}, "precision must be one of"),
+])
+def test_bad_training_settings_are_named(override, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_training(**override)
+
+
+def test_bad_training_inputs_are_named(wall_data, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no dataset directory"):
+        train_jepa(tmp_path / "nope", tmp_path / "out", TINY, tiny_training(), ENV)
+    with pytest.raises(ValueError, match="collected on wmplan/Wall-v0, config says wmplan/PushT-v0"):
+        train_jepa(wall_data, tmp_path / "out", TINY, tiny_training(), {**ENV, "id": "wmplan/PushT-v0"})
+    with pytest.raises(ValueError, match="model.image_size=32 contradicts the dataset"):
+        train_jepa(wall_data, tmp_path / "out", {**TINY, "image_size": 32}, tiny_training())
+    with pytest.raises(ValueError, match="unknown JEPA model settings"):
+        train_jepa(wall_data, tmp_path / "out", {**TINY, "depht": 2}, tiny_training())
+
+
+def test_configs_match_their_dataclasses():
+    cfg = compose_config("train_jepa", ["env=wall"])
+    train = JEPATrainConfig(**OmegaConf.to_container(cfg.train, resolve=True))
+    assert train.sigreg_weight == 0.1 and train.sigreg_directions == 256 and train.sigreg_knots == 17
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    assert JEPAConfig(**{**model, "action_dim": 10}).latent_shape == (192, 1, 1)
+    latent = compose_config("train", ["latent=jepa"]).latent
+    codec_cfg = CodecConfig(**OmegaConf.to_container(latent, resolve=True))
+    assert codec_cfg.name == "jepa" and codec_cfg.path == "outputs/jepa/wall" and codec_cfg.image_size == 64
+
+
+def test_cli_reports_bad_input_in_one_line(tmp_path, capsys, monkeypatch):
+    from wmplan.train_jepa import main
+
+    monkeypatch.setattr(sys, "argv", ["wmplan-train-jepa", f"dataset={tmp_path / 'nope'}", f"out_dir={tmp_path / 'out'}"])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    assert f"wmplan-train-jepa: error: no dataset directory at {tmp_path / 'nope'}" in capsys.readouterr().err
+
+
+# -- the codec ---------------------------------------------------------------------------------
+def test_codec_encodes_scaled_embeddings_and_rebuilds_from_its_architecture(jepa_folder, wall_data, tmp_path):
+    folder, metrics = jepa_folder
+    codec = build_codec(CodecConfig(name="jepa", path=str(folder), image_size=RESOLUTION))
+    assert codec.latent_shape == (16, 1, 1) and not codec.can_decode
+    frames = torch.from_numpy(np.stack([ClipDataset(wall_data, 4, 5, "train", 0.3)[i]["pixels"] for i in range(0, 30, 4)]))
+    latents = codec.encode(frames)  # [8, 4, 16, 1, 1]
+    assert latents.shape == (8, 4, 16, 1, 1)
+    model, _ = load_jepa(folder)
+    raw = model.encode(frames.flatten(0, 1).permute(0, 3, 1, 2))  # [32, 1, 16]
+    torch.testing.assert_close(latents.flatten(0, 1)[:, :, 0, 0], raw[:, 0] * metrics["scaling_factor"])
+    assert 0.5 < latents.std().item() < 2.0  # unit variance, up to the sample
+    architecture = codec.architecture()
+    assert json.loads(json.dumps(architecture)) == architecture
+    rebuilt = build_codec(CodecConfig(name="jepa", path=str(tmp_path / "gone"), image_size=RESOLUTION), architecture)
+    rebuilt.load_state_dict(codec.state_dict())
+    assert torch.equal(rebuilt.encode(frames), latents) and rebuilt.fingerprint() == codec.fingerprint()
+    with pytest.raises(ValueError, match="trained at 16 px, but image_size is 32"):
+        build_codec(CodecConfig(name="jepa", path=str(folder), image_size=32))
+
+
+def test_bad_codec_folders_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match=f"codec 'jepa': JEPA folder {tmp_path / 'nope'} does not exist"):
+        build_codec(CodecConfig(name="jepa", path=str(tmp_path / "nope"), image_size=RESOLUTION))
+    with pytest.raises(ValueError, match="codec 'jepa' needs `path`"):
+        build_codec(CodecConfig(name="jepa", image_size=RESOLUTION))
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "config.json").write_text('{"_class_name": "AutoencoderKL"}')
+    with pytest.raises(ValueError, match="is not a wmplan JEPA folder"):
+        build_codec(CodecConfig(name="jepa", path=str(tmp_path / "foreign"), image_size=RESOLUTION))
+    torch.manual_seed(0)
+    save_jepa(JEPA(JEPAConfig(image_size=16, **TINY)), tmp_path / "m", {"scaling_factor": 1.0})
+    (tmp_path / "m" / "model.safetensors").write_bytes(b"truncated")
+    with pytest.raises(ValueError, match="cannot read"):
+        build_codec(CodecConfig(name="jepa", path=str(tmp_path / "m"), image_size=RESOLUTION))
+
+
+def test_nanowm_trains_on_jepa_latents(jepa_folder, wall_data, tmp_path):
+    folder, _ = jepa_folder
+    overrides = [o for o in TRAIN_OVERRIDES if not o.startswith("latent")]
+    cfg = compose_config("train", [*overrides, "latent=jepa", f"latent.path={folder}", "model.patch_size=1",
+                                   f"data.path={wall_data}", f"out_dir={tmp_path / 'wm'}", "training.max_steps=2"])
+    ckpt = torch.load(wmplan.train.train(cfg), map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 2
+    model_cfg = ckpt["wmplan_config"]["model"]
+    assert (model_cfg["latent_channels"], model_cfg["latent_size"], model_cfg["patch_size"]) == (16, 1, 1)
+    assert ckpt["codec_architecture"]["model"]["embed_dim"] == 16
+    state = ckpt["state_dict"]
+    assert all(torch.isfinite(v.float()).all() for v in state.values())
+    # The NanoWM forward itself on [B, T, 16, 1, 1] latents: one token per frame (+ proprio).
+    net = NanoWM(NanoWMConfig(**model_cfg))
+    net.load_state_dict({k[len("model."):]: v for k, v in state.items() if k.startswith("model.")})
+    out, proprio = net(torch.randn(2, 3, 16, 1, 1), torch.full((2, 3), 500.0), torch.zeros(2, 3, 10),
+                       torch.zeros(2, 3, model_cfg["proprio_dim"]))
+    assert out.shape == (2, 3, 16, 1, 1) and proprio.shape == (2, 3, model_cfg["proprio_dim"])
+
+
+# -- planning with the predictor -----------------------------------------------------------------
+def test_predictor_rollouts_batch_candidates_independently(jepa_folder, wall_data):
+    folder, _ = jepa_folder
+    wm = JEPAWorldModel.from_folder(f"jepa:{folder}", precision="fp32")
+    clip = ClipDataset(wall_data, 4, 5, "val", 0.3)[0]
+    obs = {"pixels": torch.from_numpy(clip["pixels"][:2])}
+    enc = wm.encode(obs)
+    assert enc["latents"].shape == (2, 16, 1, 1) and enc["proprio"] is None
+    context = {"latents": enc["latents"].view(1, 2, 16, 1, 1), "actions": torch.from_numpy(clip["actions"][:1])[None]}
+    rollout = wm.make_rollout_fn(context)
+    actions = torch.rand(1, 5, 3, 10, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    pred = rollout(actions)["latents"]
+    assert pred.shape == (1, 5, 3, 16, 1, 1)
+    torch.testing.assert_close(rollout(actions[:, 2:3])["latents"][:, 0], pred[:, 2])  # alone == batched
+    assert not torch.allclose(pred[:, 0], pred[:, 1])  # actions matter
+    # Step one equals the predictor on the context, with the candidate's first action.
+    z = enc["latents"][:, :, 0, 0].view(1, 2, 1, 16)
+    first = wm.model.predict(z, torch.cat([context["actions"], actions[:, 0, :1]], dim=1))[:, -1]  # [1, 1, 16]
+    torch.testing.assert_close(pred[0, 0, 0, :, 0, 0], first[0, 0])
+    with pytest.raises(ValueError, match="NaN or inf"):
+        rollout(torch.full((1, 1, 1, 10), float("nan")))
+
+
+def test_predictor_plans_through_wmplan_plan(jepa_folder, tmp_path):
+    folder, _ = jepa_folder
+    results = evaluate(plan_config(f"jepa:{folder}", tmp_path, "objective=dino_wm_maze"))
+    assert results["episodes"] == len(results["records"]) == EPISODES
+    assert json.loads((tmp_path / "results.json").read_text())["checkpoint"]["sha256"] == results["checkpoint"]["sha256"]
+    assert len(results["checkpoint"]["sha256"]) == 64 and results["provenance"]["precision"] in ("bf16", "fp32")
+    assert all(np.abs(np.asarray(r["actions"])).max() <= 1 for r in results["records"])
+    again = evaluate(plan_config(f"jepa:{folder}", tmp_path / "again", "objective=dino_wm_maze"))
+    assert [r["actions"] for r in again["records"]] == [r["actions"] for r in results["records"]]  # deterministic
+
+
+@pytest.mark.parametrize("overrides, error, message", [
+    (["env=pusht", "objective=dino_wm_maze"], ValueError,
+     "trained with env id wmplan/Wall-v0, but the planning env has wmplan/PushT-v0"),
+    (["env.resolution=32", "objective=dino_wm_maze"], ValueError, "trained with resolution 16, but the planning env has 32"),
+    ([], ValueError, "predicts no proprio: set objective.proprio_weight=0"),
+])
+def test_bad_plans_are_refused(jepa_folder, tmp_path, overrides, error, message):
+    folder, _ = jepa_folder
+    with pytest.raises(error, match=message):
+        evaluate(plan_config(f"jepa:{folder}", tmp_path, *overrides))
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_missing_jepa_folder_is_refused(tmp_path):
+    with pytest.raises(FileNotFoundError, match=f"JEPA folder {tmp_path / 'nope'} does not exist"):
+        evaluate(plan_config(f"jepa:{tmp_path / 'nope'}", tmp_path, "objective=dino_wm_maze"))

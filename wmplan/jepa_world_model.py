@@ -1,0 +1,112 @@
+"""A JEPA's own deterministic predictor as a world model the MPC planners drive.
+
+    wmplan-plan env=wall world_model=jepa:outputs/jepa/wall objective=dino_wm_maze
+
+``JEPAWorldModel`` follows the contract of ``OracleModel`` and ``WorldModel``
+(``wmplan.planners.evaluate.model_and_objective``): ``encode(obs)`` gives latents
+``[N, D, r, r]`` (the raw embeddings in the codec's layout, r = sqrt(K)) and
+``make_rollout_fn(context)`` a rollout ``actions [B, S, H, Aw] -> latents [B, S, H, D, r, r]``.
+As in LeWorldModel, the context is encoded once per replan (by ``encode``) and all S
+candidates of all B episodes run as one batch of B * S sequences through the predictor,
+autoregressively over the last ``history`` embeddings. No noise: the seeds are ignored.
+There is no proprio prediction, so objectives must leave ``proprio_weight`` at 0.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from wmplan.hardware import autocast, resolve_precision
+from wmplan.models.jepa import WEIGHTS_FILE, JEPA, latents_to_tokens, load_jepa, tokens_to_latents
+from wmplan.planners.base import Goal, Prediction, RolloutFn
+
+PREFIX = "jepa:"
+
+
+class JEPAWorldModel:
+    """Encode observations with a JEPA's encoder; roll candidates out with its predictor."""
+
+    def __init__(self, model: JEPA, config: dict, precision: str = "auto", checkpoint_hash: str | None = None):
+        self.model = model.eval().requires_grad_(False)
+        self.device = next(model.parameters()).device
+        self.precision = resolve_precision(precision, self.device)
+        self.history = self.context_frames = int(model.cfg.history)
+        self.action_dim = int(model.cfg.action_dim)
+        env = config.get("env") or {}
+        self.env_id, self.frameskip, self.resolution = env.get("id"), env.get("frameskip"), env.get("resolution")
+        self.checkpoint_hash = checkpoint_hash
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, precision: str = "auto") -> "JEPAWorldModel":
+        """Load a folder written by ``wmplan-train-jepa`` (``jepa:`` prefix allowed)."""
+        folder = str(folder)
+        folder = Path(folder[len(PREFIX):] if folder.startswith(PREFIX) else folder).expanduser()
+        model, config = load_jepa(folder)
+        return cls(model, config, precision, checkpoint_hash=_sha256(folder / WEIGHTS_FILE))
+
+    def check_env(self, env_id: str, frameskip: int, resolution: int) -> None:
+        """A ValueError naming the first setting in which the planning env differs from training."""
+        for name, trained, given in (("env id", self.env_id, env_id), ("frameskip", self.frameskip, frameskip),
+                                     ("resolution", self.resolution, resolution)):
+            if str(trained) != str(given):
+                raise ValueError(f"world model was trained with {name} {trained}, but the planning env has {given}")
+
+    @torch.no_grad()
+    def encode(self, obs: dict[str, Any]) -> Goal:
+        """obs pixels uint8 [N, H, W, 3] -> latents [N, D, r, r] (float32), proprio None."""
+        pixels = torch.as_tensor(np.asarray(obs["pixels"]))
+        if pixels.dtype != torch.uint8 or pixels.ndim != 4:
+            raise ValueError(f"JEPA world model expects pixels uint8 [N, H, W, 3], got {pixels.dtype} {list(pixels.shape)}")
+        with autocast(self.precision, self.device):
+            z = self.model.encode(pixels.to(self.device).permute(0, 3, 1, 2))  # [N, K, D]
+        return {"latents": tokens_to_latents(z.float()), "proprio": None}
+
+    def make_rollout_fn(self, context: dict[str, Any]) -> RolloutFn:
+        """Rollouts from ``context`` latents [B, T, D, r, r] and actions [B, T-1, Aw]."""
+        z0 = latents_to_tokens(context["latents"].float().to(self.device))  # [B, T, K, D]
+        a0 = context["actions"].float().to(self.device)  # [B, T-1, Aw]
+        B, T = z0.shape[:2]
+        if a0.shape != (B, T - 1, self.action_dim):
+            raise ValueError(f"context actions must be [{B}, {T - 1}, {self.action_dim}], got {list(a0.shape)}")
+        z0, a0 = z0[:, -self.history:], a0[:, max(0, T - self.history):]  # the frames the predictor sees
+
+        def rollout(actions: torch.Tensor) -> Prediction:
+            return self.rollout(z0, a0, actions)
+
+        return rollout
+
+    def rollout(self, z0: torch.Tensor, a0: torch.Tensor, actions: torch.Tensor) -> Prediction:
+        """``z0 [B, Tc, K, D]``, ``a0 [B, Tc-1, Aw]``, ``actions [B, S, H, Aw]`` -> latents
+        ``[B, S, H, D, r, r]``; gradients flow to ``actions`` when the caller enables them."""
+        B, S, H, Aw = actions.shape
+        if (B, Aw) != (z0.shape[0], self.action_dim):
+            raise ValueError(f"actions must be [{z0.shape[0]}, S, H, {self.action_dim}], got {list(actions.shape)}")
+        if not torch.isfinite(actions).all():
+            raise ValueError("actions contain NaN or inf")
+        Tc, K, D = z0.shape[1:]
+        z = z0[:, None].expand(B, S, Tc, K, D).reshape(B * S, Tc, K, D)  # the context, encoded once, per candidate
+        acts = torch.cat([a0[:, None].expand(B, S, Tc - 1, Aw).reshape(B * S, Tc - 1, Aw),
+                          actions.to(self.device, torch.float32).reshape(B * S, H, Aw)], dim=1)  # [B*S, Tc-1+H, Aw]
+        preds = []
+        for _ in range(H):
+            n = z.shape[1]
+            lo = max(0, n - self.history)
+            with autocast(self.precision, self.device):
+                nxt = self.model.predict(z[:, lo:], acts[:, lo:n])[:, -1:].float()  # [B*S, 1, K, D]
+            z = torch.cat([z, nxt], dim=1)
+            preds.append(nxt)
+        latents = tokens_to_latents(torch.cat(preds, dim=1))  # [B*S, H, D, r, r]
+        return {"latents": latents.reshape(B, S, H, *latents.shape[2:]), "proprio": None}
+
+
+def _sha256(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,332 @@
+"""Train a JEPA world model (encoder + action-conditioned predictor, SIGReg) from pixels.
+
+    wmplan-train-jepa env=wall dataset=data/wall train.steps=5000
+
+Clips of ``model.history + 1`` frames come from a dataset written by ``wmplan-collect``
+(``ClipDataset``). Loss: teacher-forced next-embedding MSE + ``sigreg_weight`` * SIGReg
+(``wmplan.models.jepa``). Every ``checkpoint_every`` steps the model and optimizer go to a
+resume point (one safetensors file, its JSON in the metadata, written atomically); a killed
+run continues from it bit for bit. The result is a folder (``config.json`` + ``model.safetensors``)
+for the ``jepa`` codec (``latent=jepa``) and for planning (``wmplan-plan world_model=jepa:<folder>``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+
+from wmplan.atomic import atomic_path
+from wmplan.cli import reports_user_errors
+from wmplan.config_dir import CONFIG_DIR
+from wmplan.hardware import autocast, check_precision, default_device, resolve_precision, tune_cpu_allocator
+from wmplan.models.jepa import JEPA, JEPAConfig, jepa_loss, load_jepa, save_jepa
+from wmplan.seeding import stream_seed
+
+RESUME_KEY = "wmplan_jepa_resume"
+
+
+@dataclass
+class JEPATrainConfig:
+    steps: int = 5000
+    batch_size: int = 32
+    lr: float = 5e-4
+    weight_decay: float = 0.05
+    warmup_steps: int = 200  # linear warmup, then cosine to min_lr_ratio * lr
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    sigreg_weight: float = 0.1  # lambda
+    sigreg_directions: int = 256  # random unit directions per step
+    sigreg_knots: int = 17  # quadrature knots on [0, 3]
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    val_clips: int = 256  # held-out clips for the final metrics
+    scale_clips: int = 512  # training clips whose embeddings set the codec's scaling factor
+    seed: int = 0
+    device: str = "auto"  # auto (cuda, mps, else cpu) | cpu | cuda | mps
+    precision: str = "auto"  # auto (bf16 where it runs natively and fast, see wmplan.hardware) | bf16 | fp32
+    log_every: int = 100
+    checkpoint_every: int = 250  # steps between resume points
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "sigreg_directions", "val_clips", "scale_clips", "log_every"):
+            _check_int(name, getattr(self, name), 1)
+        for name in ("warmup_steps", "checkpoint_every", "seed", "split_seed"):
+            _check_int(name, getattr(self, name), 0)
+        _check_int("sigreg_knots", self.sigreg_knots, 2)
+        for name in ("lr", "weight_decay", "min_lr_ratio", "grad_clip", "sigreg_weight", "val_fraction"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or not math.isfinite(value):
+                raise ValueError(f"train.{name} must be a finite number >= 0, got {value!r}")
+        if self.batch_size < 2:
+            raise ValueError(f"train.batch_size must be >= 2 (SIGReg tests a batch's distribution), got {self.batch_size}")
+        if self.device not in ("auto", "cpu", "cuda", "mps") and not str(self.device).startswith("cuda:"):
+            raise ValueError(f"train.device must be auto, cpu, cuda[:i] or mps, got {self.device!r}")
+        self.precision = check_precision(self.precision)
+
+
+def _check_int(name: str, value, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"train.{name} must be an int >= {minimum}, got {value!r}")
+
+
+def train_jepa(data: str | Path, out_dir: str | Path, model_cfg: dict, cfg: JEPATrainConfig | None = None,
+               env: dict | None = None) -> dict:
+    """Train on dataset ``data``, write the model folder ``out_dir``, return its metrics.
+
+    ``model_cfg``: ``JEPAConfig`` fields; ``image_size`` and ``action_dim`` left None are read
+    from the dataset. ``env``: optional ``{"id", "frameskip", "resolution"}`` the dataset must match."""
+    from wmplan.data.dataset import ClipDataset, load_dataset_info
+
+    cfg = cfg or JEPATrainConfig()
+    info = load_dataset_info(data)
+    frameskip = int(env["frameskip"]) if env else int(info["frameskip"])
+    _check_dataset(data, info, env)
+    model_cfg = _complete_model_config(model_cfg, info, frameskip)
+    clips = {split: ClipDataset(data, model_cfg.history + 1, frameskip, split, cfg.val_fraction, cfg.split_seed)
+             for split in ("train", "val")}
+    device = torch.device(default_device() if cfg.device == "auto" else cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    torch.manual_seed(cfg.seed)
+    model = JEPA(model_cfg).to(device)
+    start = time.perf_counter()
+    out_dir = Path(out_dir)
+    resume = out_dir.with_name(f".{out_dir.name}.resume.safetensors")
+    run = _run_id(cfg, model_cfg, info, frameskip)
+    last = _fit(model, clips["train"], cfg, device, precision, resume, run)
+    _recalibrate_batchnorm(model, clips["train"], cfg, device)
+    scale = _unit_variance_scale(model, clips["train"], cfg, device)
+    metrics = {**_evaluate(model, clips["val"], cfg, device), "final_train": last, "scaling_factor": scale,
+               "train_clips": len(clips["train"]), "seconds": round(time.perf_counter() - start, 1)}
+    meta = {"scaling_factor": scale, "env": {"id": info["env_id"], "frameskip": frameskip, "resolution": info["resolution"]},
+            "train": {**dataclasses.asdict(cfg), "precision": precision}, "dataset": str(data), "metrics": metrics}
+    _save(model.cpu(), out_dir, meta)
+    resume.unlink(missing_ok=True)
+    return metrics
+
+
+def _check_dataset(data, info: dict, env: dict | None) -> None:
+    if env is None:
+        return
+    if info["env_id"] != env["id"]:
+        raise ValueError(f"dataset {data} was collected on {info['env_id']}, config says {env['id']}")
+    if int(info["resolution"]) != int(env["resolution"]):
+        raise ValueError(f"dataset {data} has {info['resolution']} px frames, config says env.resolution={env['resolution']}")
+
+
+def _complete_model_config(model_cfg: dict, info: dict, frameskip: int) -> JEPAConfig:
+    """Fill ``image_size`` / ``action_dim`` from the dataset and check explicit ones against it."""
+    fields = dict(model_cfg)
+    unknown = set(fields) - {f.name for f in dataclasses.fields(JEPAConfig)}
+    if unknown:
+        raise ValueError(f"unknown JEPA model settings {sorted(unknown)}")
+    data = {"image_size": int(info["resolution"]), "action_dim": int(info["action_dim"]) * frameskip}
+    for key, value in data.items():
+        if fields.get(key) is None:
+            fields[key] = value
+        elif fields[key] != value:
+            raise ValueError(f"model.{key}={fields[key]} contradicts the dataset, which needs {value}")
+    return JEPAConfig(**fields)
+
+
+def _batch(clips, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """pixels uint8 [B, T, H, W, 3], actions float32 [B, T-1, Aw] of clips ``idx``."""
+    items = [clips[int(i)] for i in idx]
+    return (torch.from_numpy(np.stack([x["pixels"] for x in items])),
+            torch.from_numpy(np.stack([x["actions"] for x in items])))
+
+
+def _lr(cfg: JEPATrainConfig, step: int) -> float:
+    """Learning rate of (1-based) ``step``: linear warmup, then cosine down to min_lr_ratio * lr."""
+    if step <= cfg.warmup_steps:
+        return cfg.lr * step / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _step(model: JEPA, opt: torch.optim.Optimizer, clips, cfg: JEPATrainConfig, step: int,
+          device: torch.device, precision: str) -> dict[str, float]:
+    """One optimizer step; its batch and SIGReg directions come from (seed, step) alone."""
+    gen = torch.Generator().manual_seed(stream_seed(cfg.seed, step))
+    idx = torch.randint(len(clips), (cfg.batch_size,), generator=gen).numpy()
+    pixels, actions = _batch(clips, idx)
+    for group in opt.param_groups:
+        group["lr"] = _lr(cfg, step)
+    with autocast(precision, device):
+        loss, stats = jepa_loss(model, pixels.to(device), actions.to(device), cfg.sigreg_weight,
+                                cfg.sigreg_directions, cfg.sigreg_knots, generator=gen)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"non-finite JEPA loss at step {step}: {stats}")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    opt.step()
+    return stats
+
+
+def _fit(model: JEPA, clips, cfg: JEPATrainConfig, device: torch.device, precision: str,
+         resume: Path, run: str) -> dict[str, float]:
+    """AdamW steps from the last resume point of this run (or step 1); returns the last step's stats."""
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    first = _load_resume(resume, run, model, opt) + 1
+    model.train()
+    stats: dict[str, float] = {}
+    for step in range(first, cfg.steps + 1):
+        stats = _step(model, opt, clips, cfg, step, device, precision)
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            print(f"step {step}/{cfg.steps}  loss {stats['loss']:.4f}  pred {stats['pred']:.4f}  sigreg {stats['sigreg']:.3f}")
+        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
+            _save_resume(resume, run, step, model, opt)
+    model.eval()
+    return stats
+
+
+def _run_id(cfg: JEPATrainConfig, model_cfg: JEPAConfig, info: dict, frameskip: int) -> str:
+    """What a resume point must match: the settings that shape training, and the dataset."""
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("log_every", "checkpoint_every")}
+    data = {k: info[k] for k in ("env_id", "resolution", "seed", "policy", "num_episodes", "num_steps")}
+    blob = json.dumps([settings, dataclasses.asdict(model_cfg), data, frameskip], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _save_resume(path: Path, run: str, step: int, model: JEPA, opt: torch.optim.Optimizer) -> None:
+    """Model and AdamW state as tensors, the rest as JSON metadata: one file, replaced atomically."""
+    from safetensors.torch import save_file
+
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    opt_state = opt.state_dict()
+    for index, state in opt_state["state"].items():
+        for key, value in state.items():
+            tensors[f"optimizer.{index}.{key}"] = value.detach().cpu().contiguous()
+    meta = {"run": run, "step": step, "param_groups": opt_state["param_groups"]}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={RESUME_KEY: json.dumps(meta)})
+
+
+def _load_resume(path: Path, run: str, model: JEPA, opt: torch.optim.Optimizer) -> int:
+    """Restore ``path`` if it belongs to this run; returns the step it holds (0: none)."""
+    from safetensors import safe_open
+
+    if not path.is_file():
+        return 0
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {})[RESUME_KEY])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as err:  # a truncated or foreign file: start over, say why
+        print(f"ignoring unreadable resume point {path} ({err}); starting from step 0")
+        return 0
+    if meta.get("run") != run:
+        print(f"resume point {path} belongs to other settings or data; starting from step 0")
+        return 0
+    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value
+    groups = [{**g, "betas": tuple(g["betas"])} for g in meta["param_groups"]]  # JSON made the tuple a list
+    opt.load_state_dict({"state": state, "param_groups": groups})
+    print(f"resuming JEPA training from step {meta['step']} ({path})")
+    return int(meta["step"])
+
+
+def _sample(clips, n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(len(clips), size=min(n, len(clips)), replace=False))
+
+
+@torch.no_grad()
+def _embeddings(model: JEPA, clips, idx: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(z [n, T, K, D], actions [n, T-1, Aw]) of clips ``idx``, in float32, 64 clips per forward."""
+    zs, acts = [], []
+    for chunk in np.array_split(idx, -(-len(idx) // 64)):
+        pixels, actions = _batch(clips, chunk)
+        zs.append(model.encode_clips(pixels.to(device)).float().cpu())
+        acts.append(actions)
+    return torch.cat(zs), torch.cat(acts)
+
+
+@torch.no_grad()
+def _recalibrate_batchnorm(model: JEPA, clips, cfg: JEPATrainConfig, device: torch.device) -> None:
+    """Recompute the projector's BatchNorm running statistics for the final weights (a plain
+    average over ``scale_clips`` training clips): the ones tracked during training lag behind
+    fast-moving weights, and eval mode (the codec, planning) uses them."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [bn.momentum for bn in norms]
+    for bn in norms:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average over the batches below
+    model.train()
+    _embeddings(model, clips, _sample(clips, cfg.scale_clips, cfg.seed), device)
+    for bn, momentum in zip(norms, momenta):
+        bn.momentum = momentum
+    model.eval()
+
+
+@torch.no_grad()
+def _unit_variance_scale(model: JEPA, clips, cfg: JEPATrainConfig, device: torch.device) -> float:
+    """1 / std of the embeddings of a sample of training clips (SIGReg keeps it near 1)."""
+    z, _ = _embeddings(model, clips, _sample(clips, cfg.scale_clips, cfg.seed), device)
+    return float(1.0 / z.std().clamp_min(1e-8))
+
+
+@torch.no_grad()
+def _evaluate(model: JEPA, clips, cfg: JEPATrainConfig, device: torch.device) -> dict[str, float]:
+    """Held-out next-embedding MSE against copying the last embedding, and SIGReg."""
+    from wmplan.models.jepa import sigreg
+
+    z, actions = _embeddings(model, clips, _sample(clips, cfg.val_clips, cfg.seed + 1), device)
+    pred = model.predict(z[:, :-1].to(device), actions.to(device)).float().cpu()
+    gen = torch.Generator().manual_seed(cfg.seed)
+    reg = sigreg(z.flatten(2).transpose(0, 1), cfg.sigreg_directions, cfg.sigreg_knots, generator=gen)
+    return {"val_pred_mse": round(F.mse_loss(pred, z[:, 1:]).item(), 6),
+            "val_copy_last_mse": round(F.mse_loss(z[:, :-1], z[:, 1:]).item(), 6),
+            "val_sigreg": round(reg.item(), 4), "val_clips": len(z)}
+
+
+def _save(model: JEPA, out_dir: Path, meta: dict) -> None:
+    """Write the folder next to ``out_dir``, check it loads back equal, swap it in."""
+    from wmplan.train_vae import _replace_dir
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out_dir.name}-", dir=out_dir.parent))
+    try:
+        save_jepa(model, tmp, meta)
+        loaded, _ = load_jepa(tmp)
+        for key, value in model.state_dict().items():
+            if not torch.equal(loaded.state_dict()[key], value):
+                raise RuntimeError(f"saved JEPA weight {key} did not load back equal")
+        _replace_dir(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    m = meta["metrics"]
+    print(f"saved {out_dir}: held-out next-embedding MSE {m['val_pred_mse']} (copy-last {m['val_copy_last_mse']}), "
+          f"SIGReg {m['val_sigreg']}, scaling factor {meta['scaling_factor']:.4f}")
+
+
+@hydra.main(config_path=str(CONFIG_DIR), config_name="train_jepa", version_base="1.3")
+@reports_user_errors("wmplan-train-jepa")
+def main(cfg: DictConfig) -> None:
+    tune_cpu_allocator()
+    train_cfg = JEPATrainConfig(**OmegaConf.to_container(cfg.train, resolve=True))
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    env = {"id": cfg.env.id, "frameskip": cfg.env.frameskip, "resolution": cfg.env.resolution}
+    print(json.dumps(train_jepa(cfg.dataset, cfg.out_dir, model_cfg, train_cfg, env)))
+
+
+if __name__ == "__main__":
+    main()
