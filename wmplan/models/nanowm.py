@@ -5,6 +5,9 @@ Latents ``[B, T, C, h, w]`` are cut into ``p x p`` patches, giving ``N`` tokens 
 a frame, 2-D RoPE) and temporal attention (across frames at one position, 1-D RoPE, causal);
 ``depth`` counts both kinds. Every frame has its own noise level: adaLN-Zero modulates the
 tokens of frame t with the embedding of t's noise level (and, by injection, of its action).
+Optionally (``temporal_conv = k``) each temporal block starts with a depthwise convolution over
+time, the temporal convolution of video U-Nets; ``wmplan.models.causalize`` makes a non-causal
+model with one causal.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ class NanoWMConfig:
     action_injection: str = "additive"
     causal: bool = True
     max_frames: int = 64
+    temporal_conv: int = 0  # odd kernel size of a depthwise temporal conv per temporal block, 0 = none
 
     def __post_init__(self) -> None:
         size = self.latent_size
@@ -54,6 +58,8 @@ class NanoWMConfig:
             raise ValueError(f"depth counts spatial+temporal pairs and must be even, got {self.depth}")
         if self.proprio_dim < 0:
             raise ValueError(f"proprio_dim must be >= 0, got {self.proprio_dim}")
+        if self.temporal_conv < 0 or (self.temporal_conv > 0 and self.temporal_conv % 2 == 0):
+            raise ValueError(f"temporal_conv must be 0 (off) or an odd kernel size, got {self.temporal_conv}")
         check_injection(self.action_injection)
 
     @property
@@ -142,6 +148,27 @@ class SwiGLU(nn.Module):
         return self.fc_out(F.silu(gate) * value)
 
 
+class TemporalConv(nn.Module):
+    """Depthwise convolution over time of ``[B, T, N, D]`` tokens with an odd kernel ``k``.
+
+    Non-causal: symmetric padding, frame t sees frames t-k//2 .. t+k//2. Causal: left padding
+    only, frame t sees t-k+1 .. t (kernel tap j acts on frame t-k+1+j). T is unchanged either way.
+    """
+
+    def __init__(self, width: int, kernel_size: int, causal: bool):
+        super().__init__()
+        self.conv = nn.Conv1d(width, width, kernel_size, groups=width)
+        self.causal = causal
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, T, N, D = x.shape
+        k = self.conv.kernel_size[0]
+        pad = (k - 1, 0) if self.causal else (k // 2, k // 2)
+        seq = x.permute(0, 2, 3, 1).reshape(B * N, D, T)  # [B*N, D, T]
+        out = self.conv(F.pad(seq, pad))
+        return out.view(B, N, D, T).permute(0, 3, 1, 2)  # [B, T, N, D]
+
+
 class Block(nn.Module):
     """adaLN-Zero block: attention along ``axis`` ('space' or 'time'), action injection, SwiGLU."""
 
@@ -151,6 +178,9 @@ class Block(nn.Module):
         self.axis = axis
         self.norm1 = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
         self.attn = Attention(D, cfg.heads, axis, causal=cfg.causal and axis == "time")
+        # None when off (registers no parameters: state_dict keys as before).
+        use_conv = axis == "time" and cfg.temporal_conv > 0
+        self.temporal_conv = TemporalConv(D, cfg.temporal_conv, cfg.causal) if use_conv else None
         self.action = ActionInjection(cfg.action_injection, D, cfg.heads)
         self.norm2 = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
         self.mlp = SwiGLU(D, int(cfg.mlp_ratio * D))
@@ -162,6 +192,8 @@ class Block(nn.Module):
     ) -> tuple[Tensor, KV | None]:
         """``x [B, T, N, D]``; ``cond``, ``action [B, T, D]`` per frame; ``rope`` for ``axis``;
         ``past`` the cached keys and values of earlier frames (time blocks). Returns (x, own k/v)."""
+        if self.temporal_conv is not None:
+            x = x + self.temporal_conv(x)
         x = self.action.tokens(x, action)
         mod = self.modulation(F.silu(cond))  # [B, T, 6D]
         action_mod = self.action.modulation(action)
@@ -239,6 +271,8 @@ class NanoWM(nn.Module):
         nn.init.normal_(self.t_embed.fc2.weight, std=0.02)
         zero = [self.final_modulation, self.head, self.proprio_out]
         zero += [block.modulation for block in self.blocks]
+        # A temporal conv starts as the identity of its residual branch, like adaLN-Zero.
+        zero += [block.temporal_conv.conv for block in self.blocks if block.temporal_conv is not None]
         if self.action_embed.zero_init:
             zero.append(self.action_embed.fc2)
         for layer in filter(None, zero):
@@ -280,14 +314,17 @@ class NanoWM(nn.Module):
 
     @property
     def supports_context_cache(self) -> bool:
-        """Context frames can be run once and cached only when temporal attention is causal."""
-        return self.causal
+        """Context frames can be run once and cached only when temporal attention is causal (and
+        there is no temporal conv: the cache keeps keys and values, not the conv's input frames)."""
+        return self.causal and not self.cfg.temporal_conv
 
     def cache_context(self, x: Tensor, t: Tensor, actions: Tensor, proprio: Tensor | None = None) -> ContextCache:
         """Run context frames x [B, Tc, C, h, w] (levels t [B, Tc], actions [B, Tc, Aw], proprio
         [B, Tc, P]) once and keep every temporal block's keys and values for ``forward(past=)``."""
         if not self.cfg.causal:
             raise ValueError("a context cache needs a causal model (causal=True)")
+        if self.cfg.temporal_conv:
+            raise ValueError("a context cache does not support temporal_conv (it keeps no conv inputs)")
         _, _, kv = self._trunk(x, t, actions, proprio, None, None)
         return ContextCache(kv, x.shape[1])
 
