@@ -192,3 +192,22 @@ def test_waypoint_controller_crosses_the_large_maze():
 
 def test_passes_the_gymnasium_env_checker():
     check_env(PointMazeEnv("umaze"), skip_render_check=True)
+
+
+def test_planning_cost_is_the_distance_through_the_maze():
+    """The oracle's cost: straight in the goal's cell, else along shortest cell paths, so a
+    goal behind a wall is far even when it is close in a straight line."""
+    env = PointMazeEnv(maze="umaze", resolution=16)
+    goal = at((3.0, 1.0))
+    assert env.planning_cost(at((3.2, 1.1)), goal) == pytest.approx(np.hypot(0.2, 0.1))
+    # (1, 1) -> (3, 1) is 6 cell steps around the U-maze's inner wall, against 2 straight.
+    assert env.planning_cost(at((1.0, 1.0)), goal) == pytest.approx(6.0)
+    assert env.evaluate(at((1.0, 1.0)), goal)["distance"] == pytest.approx(2.0)
+    # It falls monotonically along the path, and it is never below the straight distance.
+    path = shortest_path(env.grid, (1, 1), (3, 1))
+    costs = [env.planning_cost(at(c), goal) for c in path]
+    assert costs == sorted(costs, reverse=True) and costs[-1] == 0
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        s, g = env.sample_start_and_goal(rng)
+        assert env.planning_cost(s, g) >= env.evaluate(s, g)["distance"] - 1e-9

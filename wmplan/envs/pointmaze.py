@@ -87,6 +87,22 @@ def shortest_path(
     return path[::-1]
 
 
+def cell_distances(grid: np.ndarray, goal: tuple[int, int]) -> np.ndarray:
+    """Steps from every free cell to ``goal`` along 4-connected free cells (BFS): int
+    ``[rows, cols]``, -1 where a cell is a wall or cannot reach the goal."""
+    steps = np.full(grid.shape, -1, dtype=np.int64)
+    steps[goal] = 0
+    queue = deque([goal])
+    while queue:
+        cell = queue.popleft()
+        for di, dj in ((1, 0), (-1, 0), (0, 1), (0, -1)):
+            nxt = (cell[0] + di, cell[1] + dj)
+            if _is_free(grid, nxt) and steps[nxt] < 0:
+                steps[nxt] = steps[cell] + 1
+                queue.append(nxt)
+    return steps
+
+
 def _is_free(grid: np.ndarray, cell: tuple[int, int]) -> bool:
     i, j = cell
     return 0 <= i < grid.shape[0] and 0 <= j < grid.shape[1] and bool(grid[i, j])
@@ -176,6 +192,7 @@ class PointMazeEnv(MujocoGoalEnv):
         self.maze = maze
         self.grid = maze_grid(maze)
         self.free_cells = np.argwhere(self.grid)  # [N, 2] cell indices, row-major order
+        self._steps_to: dict[tuple[int, int], np.ndarray] = {}  # goal cell -> cell_distances
         self.model = mujoco.MjModel.from_xml_string(_maze_xml(self.grid))
         self.data = mujoco.MjData(self.model)
         res = self.resolution
@@ -206,6 +223,40 @@ class PointMazeEnv(MujocoGoalEnv):
         s, g = self._check_state(state), self._check_state(goal_state)
         distance = float(np.linalg.norm(s[:2] - g[:2]))
         return {"success": distance < SUCCESS_DISTANCE, "distance": distance}
+
+    def planning_cost(self, state: np.ndarray, goal_state: np.ndarray) -> float:
+        """The true-simulator oracle's cost (``EnvDistance``): the distance through the maze.
+
+        In the goal's cell, the straight distance; elsewhere, the straight distance to the
+        centre of the next cell on a shortest path, plus one per cell step from there to the
+        goal's cell, plus the goal's offset from its cell centre. The straight distance
+        (``evaluate``) traps plans behind walls: with it the oracle (horizon 10, CEM 64x5)
+        planned 4 of 50 Large-maze episodes into dead ends, 0.92 at 100 and at 150 env steps.
+        """
+        s, g = self._check_state(state)[:2], self._check_state(goal_state)[:2]
+        goal_cell = cell_of(g)
+        cell = self._nearest_free_cell(s)
+        if cell == goal_cell or not _is_free(self.grid, goal_cell):
+            return float(np.linalg.norm(s - g))
+        steps = self._cell_steps(goal_cell)
+        if steps[cell] < 0:  # walled off from the goal: unreachable, so farther than any path
+            return float(np.linalg.norm(s - g) + steps.size)
+        nxt = min(((cell[0] + di, cell[1] + dj) for di, dj in ((1, 0), (-1, 0), (0, 1), (0, -1))),
+                  key=lambda c: steps[c] if _is_free(self.grid, c) and steps[c] >= 0 else steps.size)
+        return float(np.linalg.norm(s - np.asarray(nxt)) + steps[nxt] + np.linalg.norm(g - np.asarray(goal_cell)))
+
+    def _cell_steps(self, goal_cell: tuple[int, int]) -> np.ndarray:
+        if goal_cell not in self._steps_to:  # one BFS per goal cell, reused by every candidate
+            self._steps_to[goal_cell] = cell_distances(self.grid, goal_cell)
+        return self._steps_to[goal_cell]
+
+    def _nearest_free_cell(self, xy: np.ndarray) -> tuple[int, int]:
+        """The cell of ``xy``, or the nearest free cell when the ball overlaps a wall cell."""
+        cell = cell_of(xy)
+        if _is_free(self.grid, cell):
+            return cell
+        nearest = self.free_cells[np.argmin(np.linalg.norm(self.free_cells - xy, axis=1))]
+        return int(nearest[0]), int(nearest[1])
 
     # -- hooks ----------------------------------------------------------------------
     def _apply_action(self, action: np.ndarray) -> None:
