@@ -12,8 +12,10 @@ import torch
 from wmplan.envs.base import GoalEnv
 from wmplan.envs.wrappers import FrameSkip
 from wmplan.planners import build_planner
-from wmplan.planners.mpc import plan_horizons, run_mpc, sample_episodes, save_videos, summary_line, write_results
+from wmplan.planners.mpc import (episode_video, plan_horizons, run_mpc, sample_episodes, save_videos, summary_line,
+                                 write_results)
 from wmplan.planners.oracle import EnvDistance, OracleModel
+from wmplan.video import upscale
 
 SPEED = 0.05  # position change per env step at |action| = 1
 FRAMESKIP = 5
@@ -187,9 +189,10 @@ def test_results_json_videos_and_summary(tmp_path, oracle_records):
     paths = save_videos(oracle_records[:2], tmp_path / "videos", fmt="gif")
     frames = iio.imread(paths[0])
     assert len(paths) == 2 and paths[0].name.endswith("success.gif")
-    assert frames.shape[1:] == (16, 2 * 16 + 2, 3)  # episode | white gap | goal
-    assert np.array_equal(frames[0, :, :16], oracle_records[0].frames[0])
-    assert np.array_equal(frames[0, :, 18:], oracle_records[0].goal_image)
+    # 16 px frames x16 = 256 px panels (4 px gaps) between a 24 px label bar and a 24 px caption bar
+    assert frames.shape == (11, 24 + 256 + 24, 4 + 2 * 260, 3)  # executed | goal: no prediction recorded
+    assert np.array_equal(frames[0, 24:280, 4:260], upscale(np.stack(oracle_records[0].frames[:1]), 256, 256)[0])
+    assert np.array_equal(frames[0, 24:280, 264:520], upscale(oracle_records[0].goal_image[None], 256, 256)[0])
     line = summary_line(results, "point/oracle")
     assert line.startswith("point/oracle: success 1.00") and "4 episodes" in line
 
@@ -249,3 +252,43 @@ def test_wilson_interval():
     assert low == pytest.approx(0.865, abs=0.005) and high == pytest.approx(0.989, abs=0.005)
     assert wilson_interval(0, 20)[0] == 0.0 and wilson_interval(20, 20)[1] == 1.0
     assert wilson_interval(47, 50)[0] < 0.96 < wilson_interval(47, 50)[1]  # 0.94 and 0.96 overlap
+
+
+def render_states(env):
+    """A "decoder" for the oracle's state latents [B, T, S, 1, 1]: the env's frames of those states."""
+    def decode(latents):
+        states = latents[..., 0, 0].numpy()
+        return torch.from_numpy(np.stack([[env.unwrapped.render_state(x) for x in row] for row in states]))
+    return decode
+
+
+def test_predictions_are_recorded_for_watched_episodes_without_changing_results(episodes):
+    """A perfect model's decoded predictions are the executed frames; recording them (for
+    episode ids 1 and 3 only) leaves every executed action and distance as it was."""
+    env = make_env()
+    kw = {"budget_env_steps": 30, "execute_k": 2, "horizon": 4, "episode_ids": [0, 1, 3]}
+    plain = run(CEM, episodes[:3], env=env, **kw)
+    recorded = run(CEM, episodes[:3], env=env, decode_fn=render_states(env), predict_episodes={1, 3}, **kw)
+    for a, b in zip(plain, recorded):
+        np.testing.assert_array_equal(np.stack(a.actions), np.stack(b.actions))
+        assert a.distances == b.distances and a.successes == b.successes
+    assert [len(r.predicted_frames) for r in recorded] == [0, 6, 6]
+    np.testing.assert_array_equal(np.stack(recorded[2].predicted_frames), np.stack(recorded[2].frames[1:]))
+
+
+def test_episode_video_has_labelled_upscaled_panels(episodes):
+    env = make_env()
+    r = run(CEM, episodes[:1], env=env, budget_env_steps=20, execute_k=2, decode_fn=render_states(env),
+            predict_episodes={0})[0]
+    r.predicted_frames = [255 - f for f in r.predicted_frames]  # tell the panels apart
+    video = episode_video(r)
+    assert video.shape == (5, 24 + 256 + 24, 4 + 3 * 260, 3)  # executed | predicted | goal, 16 px x16
+    panels = [video[:, 24:280, 4 + i * 260:260 + i * 260] for i in range(3)]
+    np.testing.assert_array_equal(panels[0], upscale(np.stack(r.frames), 256, 256))
+    np.testing.assert_array_equal(panels[1][1:], upscale(np.stack(r.predicted_frames), 256, 256))
+    np.testing.assert_array_equal(panels[1][0], panels[0][0])  # the prediction starts from the real start
+    np.testing.assert_array_equal(panels[2], upscale(np.stack([r.goal_image] * 5), 256, 256))
+    labels = [video[0, :24, 4 + i * 260:260 + i * 260] for i in range(3)]
+    assert all((label < 128).any() for label in labels) and not np.array_equal(labels[0], labels[1])
+    captions = video[:, 280:]
+    assert (captions < 128).any(axis=(1, 2, 3)).all() and not np.array_equal(captions[1], captions[2])

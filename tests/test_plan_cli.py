@@ -9,16 +9,22 @@ import subprocess
 import sys
 from pathlib import Path
 
+import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
 from conftest import RESOLUTION, compose_config
+from test_report import linked_files
 
 import wmplan
+from wmplan.envs import make
 from wmplan.hardware import cpu_name, resolve_precision
-from wmplan.planners.evaluate import evaluate
+from wmplan.planners import build_planner
+from wmplan.planners.evaluate import evaluate, model_and_objective
+from wmplan.planners.mpc import episode_video, make_context, obs_batch, observe, run_mpc, sample_episodes
 from wmplan.planners.shards import merge_shards
 from wmplan.rollout import file_hash
+from wmplan.seeding import stream_seed
 
 EPISODES, BUDGET, HORIZON, FRAMESKIP = 3, 10, 2, 5
 SUMMARY_KEYS = {"episodes", "success_rate", "success_rate_any", "mean_final_distance", "mean_min_distance",
@@ -97,6 +103,12 @@ def test_results_schema_and_videos(runs, name, checkpoint):
     videos = out_dir / "videos"
     assert sorted(p.name for p in videos.iterdir()) == expected
     assert all((videos / f).read_bytes()[:6] in (b"GIF87a", b"GIF89a") for f in expected)
+    # 16 px frames as 256 px panels: executed | predicted (the checkpoint's pixel codec decodes) | goal
+    panels = 3 if name == "checkpoint" else 2
+    assert iio.imread(videos / expected[0]).shape == (BUDGET // FRAMESKIP + 1, 24 + 256 + 24, 4 + panels * 260, 3)
+    # report.html shows the plots and both videos, and links only files that exist
+    linked = {f.relative_to(out_dir).as_posix() for f in linked_files(out_dir / "report.html")}
+    assert {f"videos/{f}" for f in expected} | {"report_final_distance.png", "report_success_curve.png"} <= linked
 
 
 def test_all_runs_share_episodes_and_oracle_beats_random(runs):
@@ -150,6 +162,7 @@ def test_sharded_evaluation_merges_to_the_unsharded_results(runs, checkpoint, tm
         shard = evaluate(plan_config(checkpoint, tmp_path, f"episodes_shard={i}/2"))
         assert shard["summary"].endswith(f"{len(shard['records'])} episodes") and f"shard {i}/2" in shard["summary"]
     assert [r["episode"] for r in json.loads((tmp_path / "results.shard-0-of-2.json").read_text())["records"]] == [0, 1]
+    assert len(linked_files(tmp_path / "report.shard-1-of-2.html")) == 3  # the plots; episode 2 has no video (videos=2)
     with pytest.raises(ValueError, match=r"shards \[1, 2\] of 3 have no results yet"):
         evaluate(plan_config(checkpoint, tmp_path / "three", "episodes_shard=0/3"))
         merge_shards(tmp_path / "three")
@@ -159,6 +172,8 @@ def test_sharded_evaluation_merges_to_the_unsharded_results(runs, checkpoint, tm
     assert len(same.pop("shards")) == 2 and same == deterministic_part(results)
     assert [r["episode"] for r in merged["records"]] == list(range(EPISODES))
     assert merged["config"]["episodes_shard"] is None
+    page = (tmp_path / "report.html").read_text()
+    assert all(f"videos/{p.name}" in page for p in (tmp_path / "videos").iterdir())
     assert sorted(p.name for p in (tmp_path / "videos").iterdir()) == sorted(p.name for p in (runs["checkpoint"][1] / "videos").iterdir())
 
 
@@ -194,3 +209,42 @@ def test_multirun_over_shards_then_merge_cli(tmp_path):
     assert merged["records"][2]["actions"] == one["records"][2]["actions"]
     missing = run([sys.executable, "-m", "wmplan.planners.shards", str(tmp_path / "nothing")])
     assert missing.returncode == 2 and "wmplan-plan-merge: error: no results.shard" in missing.stderr
+
+
+def replay(env, start, actions):
+    """The real observations at ``start`` and after each planner action."""
+    out = [observe(env, start)]
+    for action in actions:
+        obs, *_, info = env.step(action)
+        out.append({**obs, "state": info["state"]})
+    return out
+
+
+def test_predicted_panel_is_the_decoded_rollout_of_the_executed_plan(checkpoint, tmp_path):
+    """Two replans of two planner steps each, predictions kept for episode 1 only: they are the
+    checkpoint's decoded rollout of the executed actions from the real context, with the
+    replan's per-episode seeds; and recording them changes no executed action."""
+    cfg = plan_config(checkpoint, tmp_path)
+    env = make(cfg.env.id, frameskip=FRAMESKIP, resolution=RESOLUTION)
+    encode_fn, make_rollout_fn, objective, wm = model_and_objective(cfg, env)
+    episodes, seed, steps = sample_episodes(env, 2, seed=5), 5, 2 * HORIZON * FRAMESKIP
+
+    def mpc(**kw):
+        return run_mpc(env, build_planner(cfg.planner), objective, encode_fn, make_rollout_fn, episodes,
+                       budget_env_steps=steps, horizon=HORIZON, history=wm.context_frames, seed=seed, **kw)
+
+    plain, recorded = mpc(), mpc(decode_fn=wm.decode, predict_episodes={1})
+    for a, b in zip(plain, recorded):
+        np.testing.assert_array_equal(np.stack(a.actions), np.stack(b.actions))
+        assert a.distances == b.distances
+    assert len(recorded[0].predicted_frames) == 0 and len(recorded[1].predicted_frames) == 2 * HORIZON
+    actions = torch.tensor(np.stack([np.stack(r.actions) for r in recorded]))  # [B, 4, Aw]
+    observed = [replay(env, start, r.actions) for (start, _), r in zip(episodes, recorded)]
+    for replan, t in enumerate(range(0, 2 * HORIZON, HORIZON), start=1):
+        obs_steps = [obs_batch([o[i] for o in observed]) for i in range(t + 1)]
+        context = make_context(encode_fn, obs_steps, list(actions[:, :t].unbind(1)), wm.context_frames, actions.shape[-1])
+        seeds = [stream_seed(stream_seed(seed, i), replan) for i in (0, 1)]
+        pred = wm.rollout(context, actions[:, None, t:t + HORIZON], seed=seeds)["latents"][:, 0]
+        expected = wm.decode(pred)[1].numpy()
+        np.testing.assert_array_equal(np.stack(recorded[1].predicted_frames[t:t + HORIZON]), expected)
+    assert episode_video(recorded[1]).shape == (2 * HORIZON + 1, 24 + 256 + 24, 4 + 3 * 260, 3)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import RESOLUTION
 from hydra import compose, initialize_config_dir
+from test_report import linked_files, parse
 
 from wmplan.config_dir import CONFIG_DIR
 from wmplan.sweep import cell_spec, model_dir, run_cell, train_overrides, write_report
@@ -103,6 +104,11 @@ def test_one_cell_end_to_end_skips_when_done_and_resumes(wall_data, tmp_path):
     oracle = json.loads((out / "baselines" / "oracle.json").read_text())
     assert oracle["episodes"] == 2 and f"| *oracle* | (baseline) | {oracle['success_rate']:.2f}" in md
     assert (out / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # report.html: the table, the plot, and the cell's and the baselines' own plan reports
+    linked = {f.relative_to(out).as_posix() for f in linked_files(out / "report.html")}
+    assert linked == {"sweep.png", "cells/x/plan/report.html", "baselines/random/report.html",
+                      "baselines/oracle/report.html"}
+    linked_files(out / "cells" / "x" / "plan" / "report.html")
 
 
 def test_latent_cell_trains_its_codec_first(wall_data, tmp_path):
@@ -139,6 +145,9 @@ def test_report_keeps_the_ablation_order(tmp_path):
     md = (tmp_path / "sweep.md").read_text()
     assert "Expected (Nano World Models): bigger is better" in md and md.index("| tiny |") < md.index("| mini |")
     assert "| 0.50 [0.30-0.70] |" in md and "0.1 / 0.3 / 0.5" in md and "| *oracle* | (baseline) | 0.90 [0.80-1.00] |" in md
+    assert [f.name for f in linked_files(tmp_path / "report.html")] == ["sweep.png"]  # no plan reports here
+    text = parse(tmp_path / "report.html").text
+    assert text.index("tiny") < text.index("mini") < text.index("oracle (baseline)") and "bigger is better" in " ".join(text)
 
 
 def test_multirun_command_runs_the_cells_then_reports(wall_data, tmp_path):

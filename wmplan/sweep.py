@@ -25,8 +25,8 @@ again; an interrupted one resumes its training from ``latest.ckpt`` and its eval
 the steps already written. Cells whose training overrides are equal share one model (the
 sampling-steps cells all read one checkpoint). A cell with ``codec: trained_vae`` first trains
 that codec on the sweep's data into ``codecs/<name>`` (once per sweep). Every finished cell,
-and the end of the multirun, rewrites ``sweep.csv``, ``sweep.md`` and ``sweep.png`` from all
-finished cells.
+and the end of the multirun, rewrites ``sweep.csv``, ``sweep.md``, ``sweep.png`` and
+``report.html`` from all finished cells.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ from omegaconf import DictConfig, OmegaConf
 from wmplan.atomic import atomic_path, write_json_atomic
 from wmplan.cli import check_numbers, reports_user_errors
 from wmplan.config_dir import CONFIG_DIR
+from wmplan.report import write_sweep_report
 
 log = logging.getLogger(__name__)
 CELL_FILE = "cell.json"
@@ -257,7 +258,7 @@ def finished_cells(out_dir: str | Path, order: Sequence[str]) -> list[dict[str, 
 
 
 def write_report(out_dir: str | Path, order: Sequence[str], finding: str = "") -> list[dict[str, Any]]:
-    """sweep.csv, sweep.md and sweep.png from every finished cell, in the ablation's order."""
+    """sweep.csv, sweep.md, sweep.png and report.html from every finished cell, in the ablation's order."""
     cells = finished_cells(out_dir, order)
     if not cells:
         return []
@@ -274,6 +275,7 @@ def write_report(out_dir: str | Path, order: Sequence[str], finding: str = "") -
         tmp.write_text(markdown_table(cells, rows, finding, baselines))
     with atomic_path(out_dir / "sweep.png") as tmp:
         plot(cells, baselines, tmp)
+    write_sweep_report(out_dir, cells, rows, baselines, finding)
     return rows
 
 

@@ -1,11 +1,13 @@
-"""Writing GIF / MP4 videos and picture grids of uint8 frames (imageio)."""
+"""Writing GIF / MP4 videos and picture grids of uint8 frames (imageio), labelled with PIL."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import imageio.v3 as iio
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
 
 from wmplan.atomic import atomic_path
 
@@ -40,3 +42,36 @@ def save_comparison_gif(
     right = np.concatenate([context, truth], axis=1)
     rows = [tile([left[b], right[b]]) for b in range(left.shape[0])]
     return save_video(path, np.concatenate(rows, axis=1), fps)
+
+
+def upscale(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Nearest-neighbour resize of frames [T, h, w, 3] to [T, height, width, 3]: pixels stay sharp squares."""
+    h, w = frames.shape[1:3]
+    rows, cols = np.arange(height) * h // height, np.arange(width) * w // width
+    return frames[:, rows][:, :, cols]
+
+
+def labelled_panels(panels: dict[str, np.ndarray], captions: Sequence[str], min_size: int = 256,
+                    font_size: int = 16, pad: int = 4) -> np.ndarray:
+    """Videos [T, h, w, 3] side by side, each upscaled (nearest neighbour, by the integer factor
+    that brings the first to at least ``min_size`` px) under its name, with one caption line
+    per frame below: uint8 [T, H', W', 3], even-sized (H.264 needs it)."""
+    first = next(iter(panels.values()))
+    scale = -(-min_size // min(first.shape[1:3]))
+    ph, pw = first.shape[1] * scale, first.shape[2] * scale
+    bar = font_size + 2 * pad
+    height, width = 2 * bar + ph, len(panels) * (pw + pad) + pad
+    font = ImageFont.load_default(size=font_size)
+    header = Image.new("RGB", (width + width % 2, height + height % 2), "white")
+    draw = ImageDraw.Draw(header)
+    for i, name in enumerate(panels):
+        draw.text((pad + i * (pw + pad) + pw // 2, bar // 2), name, fill="black", font=font, anchor="mm")
+    out = np.repeat(np.asarray(header)[None], len(first), axis=0)
+    for i, frames in enumerate(panels.values()):
+        left = pad + i * (pw + pad)
+        out[:, bar:bar + ph, left:left + pw] = upscale(frames, ph, pw)
+    for frame, caption in zip(out, captions):
+        strip = Image.fromarray(frame[bar + ph:])
+        ImageDraw.Draw(strip).text((pad, bar // 2), caption, fill="black", font=font, anchor="lm")
+        frame[bar + ph:] = np.asarray(strip)
+    return out

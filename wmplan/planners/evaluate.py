@@ -5,14 +5,15 @@
     wmplan-plan env=wall world_model=random                          # random actions: the lower bound
 
 Writes ``results.json`` (success rate, distances, per-episode records, planning time per
-replan, config, checkpoint hash), GIFs of executed episodes next to the goal, and prints a
-one-line summary. ``episodes_shard=i/n`` plans one shard of the episodes (``shards``).
+replan, config, checkpoint hash), videos of the first episodes (executed | predicted by the
+model, where its codec decodes | goal), ``report.html`` (tables, plots, the videos) and prints
+a one-line summary. ``episodes_shard=i/n`` plans one shard of the episodes (``shards``).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import hydra
 import numpy as np
@@ -28,6 +29,7 @@ from wmplan.planners.mpc import plan_horizons, run_mpc, sample_episodes, save_vi
 from wmplan.planners.oracle import EnvDistance, OracleModel
 from wmplan.planners.shards import parse_shard, results_name, shard_episode_ids
 from wmplan.provenance import provenance
+from wmplan.report import write_evaluation_report
 
 CONFIG_DIR = str(_CONFIG_DIR)  # wmplan/configs, as the absolute string hydra.main needs
 BASELINES = ("oracle", "random")
@@ -99,6 +101,21 @@ def jepa_model_and_objective(cfg: DictConfig) -> tuple[Any, Any, Any, Any]:
     return wm.encode, wm.make_rollout_fn, build_objective(cfg.objective), wm
 
 
+def prediction_decoder(wm: Any) -> Callable | None:
+    """``wm.decode`` for the videos' predicted panel where the model's codec decodes; None for
+    baselines and encode-only latents (DINO, JEPA)."""
+    if wm is None:
+        return None
+    from wmplan.rollout import WorldModel
+
+    return wm.decode if isinstance(wm, WorldModel) and wm.module.codec.can_decode else None
+
+
+def report_name(shard: tuple[int, int] | None) -> str:
+    """report.html, or report.shard-i-of-n.html beside a shard's results."""
+    return "report" + results_name(shard).removeprefix("results").removesuffix(".json") + ".html"
+
+
 def check_frame_weights(cfg: DictConfig) -> None:
     """Explicit frame weights fix the plan length: refuse a run whose plans would be shorter."""
     weights = cfg.objective.get("frame_weights")
@@ -130,14 +147,17 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         budget_env_steps=cfg.budget_env_steps, execute_k=cfg.execute_k, horizon=cfg.horizon,
         history=context_history(cfg, wm), seed=cfg.seed, budget_horizon=cfg.budget_horizon,
         episode_ids=episode_ids, progress=cfg.progress,
+        decode_fn=prediction_decoder(wm), predict_episodes=range(cfg.videos),  # only the videos' episodes
     )
     out_dir = Path(cfg.out_dir)
     config = OmegaConf.to_container(cfg, resolve=True)
     checkpoint = None if cfg.world_model in BASELINES else cfg.world_model
     results = write_results(out_dir / results_name(shard), records, config, checkpoint, wm and wm.checkpoint_hash,
                             provenance(precision=wm and wm.precision))
-    if cfg.videos:
-        save_videos([r for r in records if r.episode < cfg.videos], out_dir / "videos", fmt=cfg.video_format)
+    shown = [r for r in records if r.episode < cfg.videos]
+    videos = dict(zip((r.episode for r in shown), save_videos(shown, out_dir / "videos", fmt=cfg.video_format)))
+    if cfg.report:
+        write_evaluation_report(out_dir / report_name(shard), results, videos)
     label = f"{cfg.env.name} {Path(str(cfg.world_model)).name}" + ("" if shard is None else f" shard {cfg.episodes_shard}")
     results["summary"] = summary_line(results, label=label)
     env.close()

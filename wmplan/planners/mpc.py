@@ -7,6 +7,10 @@ of env steps is spent. The planner only ever sees the world model; success is ju
 
 The main number is DINO-WM's *success at the end*: the last executed state succeeds
 (``EpisodeRecord.success``). ``success_any`` (some executed step succeeded) is recorded too.
+
+Given a ``decode_fn``, the run also keeps, for the episodes in ``predict_episodes``, the
+model's decoded prediction of each executed step (``EpisodeRecord.predicted_frames``): the
+videos show it next to what really happened.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Collection, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -25,7 +29,7 @@ from tqdm.auto import tqdm
 from wmplan.atomic import write_json_atomic
 from wmplan.planners.base import Goal, Objective, Planner, RolloutFn
 from wmplan.seeding import stream_seed
-from wmplan.video import save_video, tile
+from wmplan.video import labelled_panels, save_video
 
 if TYPE_CHECKING:
     import gymnasium as gym
@@ -37,6 +41,8 @@ EncodeFn = Callable[[dict[str, torch.Tensor]], Goal]
 # context (latents [B,T,C,h,w], proprio [B,T,P] | None, actions [B,T-1,Aw], state [B,T,S],
 # seeds [B] for the model's sampling noise) -> rollout
 MakeRolloutFn = Callable[[dict[str, torch.Tensor | None]], RolloutFn]
+# predicted latents [B, T, C, h, w] -> uint8 frames [B, T, H, W, 3] (``WorldModel.decode``)
+DecodeFn = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -52,6 +58,7 @@ class EpisodeRecord:
     distances: list[float] = field(default_factory=list)
     successes: list[bool] = field(default_factory=list)
     plan_times: list[float] = field(default_factory=list)  # seconds per replan (shared by the batch)
+    predicted_frames: list[np.ndarray] = field(default_factory=list)  # the model's view of frames[1:], if recorded
 
     @property
     def success(self) -> bool:
@@ -75,6 +82,7 @@ class EpisodeRecord:
             "steps": self.steps,
             "plan_times": self.plan_times,
             "distances": self.distances,
+            "successes": self.successes,
             "actions": [a.tolist() for a in self.actions],
             "start_state": self.start_state.tolist(),
             "goal_state": self.goal_state.tolist(),
@@ -102,6 +110,8 @@ def run_mpc(
     budget_horizon: bool = True,
     episode_ids: Sequence[int] | None = None,
     progress: bool = False,
+    decode_fn: DecodeFn | None = None,
+    predict_episodes: Collection[int] = (),
 ) -> list[EpisodeRecord]:
     """Plan-execute-replan for every (start_state, goal_state) in ``episodes``, batched.
 
@@ -117,6 +127,9 @@ def run_mpc(
     planner noise from its own generator and hands the world model its own seed per replan
     (``context["seeds"]``), so its plan is the same alone, batched, or in another shard.
     ``progress`` shows a bar over replans with an ETA.
+
+    With ``decode_fn``, episodes whose id is in ``predict_episodes`` get ``predicted_frames``
+    (see ``record_predictions``); the executed plans are the same with or without them.
     """
     frameskip = env.action_space.shape[0] // env.unwrapped.action_space.shape[0]
     execute_k = horizon if execute_k is None else execute_k
@@ -127,6 +140,7 @@ def run_mpc(
         raise ValueError(f"episode_ids has {len(episode_ids)} entries for {B} episodes")
     streams = [stream_seed(seed, i) for i in episode_ids]
     generators = [torch.Generator().manual_seed(s) for s in streams]
+    watched = [b for b, i in enumerate(episode_ids) if i in predict_episodes] if decode_fn else []
 
     goal_obs = [observe(env, goal) for _, goal in episodes]
     goal = encode_fn(obs_batch(goal_obs))
@@ -149,6 +163,8 @@ def run_mpc(
         plan = planner.plan(rollout_fn, objective, goal, B, h, Aw, init, generators, frameskip=frameskip)
         elapsed = time.perf_counter() - t0
         n = min(execute_k, remaining)
+        if watched:
+            record_predictions(rollout_fn, plan.actions, n, decode_fn, watched, records)
         actions = plan.actions[:, :n].detach().cpu().float()  # [B, n, Aw]
         state = obs_steps[-1]["state"].numpy()
         executed = [execute(env, r, s, a.numpy(), elapsed) for r, s, a in zip(records, state, actions)]  # [B][n]
@@ -161,6 +177,23 @@ def run_mpc(
         bar.update()
     bar.close()
     return records
+
+
+def record_predictions(rollout_fn: RolloutFn, plans: torch.Tensor, n: int, decode_fn: DecodeFn,
+                       watched: Sequence[int], records: Sequence[EpisodeRecord]) -> None:
+    """Append to the ``watched`` episodes' records the decoded prediction of the ``n`` steps of
+    ``plans`` [B, H, Aw] about to be executed.
+
+    The chosen plans are rolled out once more, one candidate per episode: the model draws
+    its noise from the replan's per-episode seeds alone, shared by all candidates, so this
+    is the prediction the planner scored. The planner's generators are not touched, so the
+    run's results do not change.
+    """
+    with torch.no_grad():
+        latents = rollout_fn(plans.detach()[:, None])["latents"][watched, 0, :n]  # [b, n, C, h, w]
+        frames = decode_fn(latents).cpu().numpy()  # [b, n, H, W, 3]
+    for b, predicted in zip(watched, frames):
+        records[b].predicted_frames.extend(predicted)
 
 
 def plan_horizons(budget_steps: int, execute_k: int, horizon: int, budget_horizon: bool = True) -> list[int]:
@@ -311,16 +344,36 @@ def write_results(
 def save_videos(
     records: Sequence[EpisodeRecord], out_dir: str | os.PathLike, fps: int = 4, fmt: str = "gif"
 ) -> list[Path]:
-    """One video per episode (.gif or .mp4): executed frames, left, next to the goal image."""
+    """One video per episode (.gif or .mp4) of ``episode_video``'s frames."""
     if fmt not in ("gif", "mp4"):
         raise ValueError(f"video format must be 'gif' or 'mp4', got {fmt!r}")
-    paths = []
-    for r in records:
-        frames = np.stack(r.frames)  # [T, H, W, 3]
-        goal = np.broadcast_to(r.goal_image, frames.shape)
-        name = f"episode_{r.episode:03d}_{'success' if r.success else 'failure'}.{fmt}"
-        paths.append(save_video(Path(out_dir) / name, tile([frames, goal]), fps))
-    return paths
+    return [save_video(Path(out_dir) / f"episode_{r.episode:03d}_{'success' if r.success else 'failure'}.{fmt}",
+                       episode_video(r), fps) for r in records]
+
+
+def episode_video(record: EpisodeRecord, min_size: int = 256) -> np.ndarray:
+    """Labelled panels, upscaled to at least ``min_size`` px: executed | predicted (where
+    recorded) | goal, one frame per planner step, with a caption line: uint8 [T, H, W, 3].
+
+    The predicted panel starts from the real start frame, the model's context.
+    """
+    executed = np.stack(record.frames)  # [T, H, W, 3]: the start, then each planner step
+    panels = {"executed": executed}
+    if record.predicted_frames:
+        panels["predicted"] = np.stack([record.frames[0], *record.predicted_frames])
+    panels["goal"] = np.broadcast_to(record.goal_image, executed.shape)
+    return labelled_panels(panels, video_captions(record), min_size)
+
+
+def video_captions(record: EpisodeRecord) -> list[str]:
+    """Per video frame: episode, env step, distance to the goal, whether it was reached so far."""
+    k = record.steps // (len(record.frames) - 1)  # inner env steps per planner step
+    lines = [f"episode {record.episode} | env step 0/{record.steps} | start"]
+    for step in range(k, record.steps + 1, k):
+        reached = "yes" if any(record.successes[:step]) else "no"
+        lines.append(f"episode {record.episode} | env step {step}/{record.steps} | "
+                     f"distance {record.distances[step - 1]:.3g} | success so far: {reached}")
+    return lines
 
 
 def summary_line(results: Mapping[str, Any], label: str = "") -> str:

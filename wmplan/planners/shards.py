@@ -23,6 +23,7 @@ import numpy as np
 from wmplan.atomic import write_json_atomic
 from wmplan.cli import reports_user_errors
 from wmplan.planners.mpc import summarize, summary_line
+from wmplan.report import write_evaluation_report
 
 # Config keys that may differ between the shards of one evaluation: they change no result.
 FREE_KEYS = ("episodes_shard", "out_dir", "progress", "videos", "video_format")
@@ -55,8 +56,8 @@ def results_name(shard: tuple[int, int] | None) -> str:
 
 def merge_shards(out_dir: str | os.PathLike) -> dict[str, Any]:
     """Check that ``out_dir`` holds every shard of one evaluation and write their merged
-    ``results.json``: records in episode order, the summary recomputed from them, and each
-    shard's timing and provenance under ``shards``."""
+    ``results.json`` (records in episode order, the summary recomputed from them, and each
+    shard's timing and provenance under ``shards``) and ``report.html``."""
     out_dir = Path(out_dir)
     found = {}
     for path in sorted(out_dir.glob("results.shard-*-of-*.json")):
@@ -93,7 +94,19 @@ def merge_shards(out_dir: str | os.PathLike) -> dict[str, Any]:
     results["plan_time_mean_s"] = float(np.mean([s["plan_time_mean_s"] for s in shards]))
     results["plan_time_max_s"] = float(max(s["plan_time_max_s"] for s in shards))
     write_json_atomic(out_dir / "results.json", results, indent=2, sort_keys=False, default=str)
+    if first["config"].get("report", True):
+        write_evaluation_report(out_dir / "report.html", results, shard_videos(out_dir))
     return results
+
+
+def shard_videos(out_dir: Path) -> dict[int, Path]:
+    """{episode id: video} of the videos the shards wrote (``episode_<id>_<outcome>.<fmt>``)."""
+    videos = {}
+    for path in sorted((out_dir / "videos").glob("episode_*_*.*")):
+        episode = path.name.split("_")[1]
+        if episode.isdigit():
+            videos[int(episode)] = path
+    return videos
 
 
 def read_results(path: Path) -> dict[str, Any]:
