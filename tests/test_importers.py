@@ -411,3 +411,17 @@ def test_env_label_makes_the_data_an_env_dataset_and_checks_action_dims(tmp_path
     assert (info["env"], info["env_id"], info["frameskip"], info["action_free"]) == ("wall", "wmplan/Wall-v0", 5, True)
     with pytest.raises(ValueError, match="env 'wall' has 2-D actions, the imported data 3-D"):
         import_dataset(make_source("video", tmp_path / "src", action_dim=3), tmp_path / "e", resolution=R, env="wall", progress=False)
+
+
+def test_wmplan_train_refuses_action_free_data(tmp_path):
+    """Zero actions stored for action-free video must not be learned as a real action."""
+    from conftest import train_config
+
+    import wmplan.train
+
+    for name in ("a", "b"):
+        _write_mp4(tmp_path / "src" / f"{name}.mp4", _frames(8, 0))
+    out = import_dataset(make_source("video", tmp_path / "src", action_dim=2), tmp_path / "d", resolution=16,
+                         env="wall", frameskip=5, progress=False)
+    with pytest.raises(ValueError, match="is action-free"):
+        wmplan.train.train(train_config(out, tmp_path / "run", 2))

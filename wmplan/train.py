@@ -125,6 +125,9 @@ def complete_config(cfg: DictConfig, codec: LatentCodec) -> DictConfig:
     info = load_dataset_info(cfg.data.path)
     if info["env_id"] != cfg.env.id:
         raise ValueError(f"dataset {cfg.data.path} was collected on {info['env_id']}, config says {cfg.env.id}")
+    if info.get("action_free"):  # its zeros would be learned as a real "do nothing" action
+        raise ValueError(f"dataset {cfg.data.path} is action-free (wmplan-import video): wmplan-train learns "
+                         "from actions, and action-free pretraining is not supported yet")
     channels, height, width = codec.latent_shape
     OmegaConf.set_struct(cfg, False)
     cfg.model.latent_channels = channels
