@@ -117,6 +117,20 @@ def test_proprio_stats_are_over_train_episodes(dot_data):
         np.testing.assert_array_equal(a, b)
 
 
+def test_max_train_episodes_keeps_the_first_train_episodes_and_the_val_split(dot_data):
+    kw = dict(num_frames=2, frameskip=1, val_fraction=0.3, seed=0)
+    full, val = ClipDataset(dot_data, split="train", **kw), ClipDataset(dot_data, split="val", **kw)
+    small = ClipDataset(dot_data, split="train", max_train_episodes=2, **kw)
+    assert list(small.episodes) == list(full.episodes[:2]) and len(small) < len(full)
+    assert small[len(small) - 1]["episode"] == full.episodes[1]
+    small_val = ClipDataset(dot_data, split="val", max_train_episodes=2, **kw)
+    assert list(small_val.episodes) == list(val.episodes)
+    with pytest.raises(ValueError, match="fewer than max_train_episodes=99"):
+        ClipDataset(dot_data, split="train", max_train_episodes=99, **kw)
+    with pytest.raises(ValueError, match="max_train_episodes must be a positive int"):
+        ClipDataset(dot_data, split="train", max_train_episodes=0, **kw)
+
+
 def test_cache_is_reused_rebuilt_when_stale_or_corrupt_and_pickles(tmp_path):
     path = collect(DOT, 3, "random", 0, tmp_path / "d", progress=False)
     first = ClipDataset(path, 3, 2, "train", val_fraction=0.0)

@@ -65,6 +65,8 @@ def test_ablation_cells_are_swept_and_compose(ablation):
             assert train_cfg.model.action_injection == cell
         if ablation == "sampling_steps":
             assert spec["sampler_steps"] == int(cell)
+        if ablation == "data_size":
+            assert train_cfg.data.max_train_episodes == int(cell) and "execute_k=1" in cfg.plan_overrides
     # One model per cell, except that the sampling-steps cells share one.
     assert len(dirs) == (1 if ablation == "sampling_steps" else len(cells))
 

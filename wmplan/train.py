@@ -110,7 +110,7 @@ def build_datasets(cfg: DictConfig, codec: LatentCodec) -> tuple[Dataset, Datase
     """Train / val clip datasets; with ``data.latent_cache`` the frames are encoded once."""
     d = cfg.data
     kwargs = dict(num_frames=d.num_frames, frameskip=cfg.env.frameskip, val_fraction=d.val_fraction, seed=d.split_seed)
-    train = ClipDataset(d.path, split="train", **kwargs)
+    train = ClipDataset(d.path, split="train", max_train_episodes=d.max_train_episodes, **kwargs)
     val = ClipDataset(d.path, split="val", **kwargs)
     if d.latent_cache:
         from wmplan.data.latent_cache import LatentClipDataset

@@ -276,7 +276,8 @@ class ClipDataset:
     collates its numpy arrays into tensors.
 
     ``proprio_stats()`` gives normalisation statistics over the *train* episodes (the same
-    for either split).
+    for either split). ``max_train_episodes`` keeps only the first N train episodes (data-size
+    curves); the validation split stays the same.
     """
 
     def __init__(
@@ -287,6 +288,7 @@ class ClipDataset:
         split: str = "train",
         val_fraction: float = 0.1,
         seed: int = 0,
+        max_train_episodes: int | None = None,
     ):
         if not isinstance(num_frames, int) or num_frames < 1:
             raise ValueError(f"num_frames must be a positive int, got {num_frames!r}")
@@ -296,6 +298,9 @@ class ClipDataset:
             raise ValueError(f"split must be 'train' or 'val', got {split!r}")
         if not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
+        if max_train_episodes is not None and (isinstance(max_train_episodes, bool) or
+                                               not isinstance(max_train_episodes, int) or max_train_episodes < 1):
+            raise ValueError(f"max_train_episodes must be a positive int or None, got {max_train_episodes!r}")
         self.path, self.num_frames, self.frameskip = Path(path), num_frames, frameskip
         self.info = read_info(path)
         arrays = open_cache(path)
@@ -303,7 +308,11 @@ class ClipDataset:
         self.offsets = arrays["offsets"]  # [E + 1]
         lengths = np.diff(self.offsets) - 1  # env steps per episode [E]
         is_val = split_episodes(len(lengths), val_fraction, seed)
-        self.episodes = np.flatnonzero(is_val if split == "val" else ~is_val)
+        train_episodes = np.flatnonzero(~is_val)[:max_train_episodes]
+        if max_train_episodes is not None and len(train_episodes) < max_train_episodes:
+            raise ValueError(f"{path} has {len(train_episodes)} train episodes, fewer than max_train_episodes="
+                             f"{max_train_episodes}")
+        self.episodes = np.flatnonzero(is_val) if split == "val" else train_episodes
         span = (num_frames - 1) * frameskip  # env steps covered by one clip
         counts = np.maximum(lengths[self.episodes] - span + 1, 0)
         self.cumulative = np.cumsum(counts)  # clips in episodes[:i+1]
@@ -314,7 +323,7 @@ class ClipDataset:
             )
         if is_val.all():
             raise ValueError(f"{path}: all {len(is_val)} episodes fell into the val split ({val_fraction=})")
-        self._train_episodes = np.flatnonzero(~is_val)
+        self._train_episodes = train_episodes
         self._arrays: dict[str, np.ndarray] | None = arrays
 
     def __len__(self) -> int:
