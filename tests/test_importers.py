@@ -413,15 +413,17 @@ def test_env_label_makes_the_data_an_env_dataset_and_checks_action_dims(tmp_path
         import_dataset(make_source("video", tmp_path / "src", action_dim=3), tmp_path / "e", resolution=R, env="wall", progress=False)
 
 
-def test_wmplan_train_refuses_action_free_data(tmp_path):
+def test_wmplan_train_refuses_action_free_data_unless_actions_are_hidden(tmp_path):
     """Zero actions stored for action-free video must not be learned as a real action."""
     from conftest import train_config
 
     import wmplan.train
 
-    for name in ("a", "b"):
-        _write_mp4(tmp_path / "src" / f"{name}.mp4", _frames(8, 0))
+    for name in "abcd":  # enough frames for 3-frame clips at frameskip 5 in both splits
+        _write_mp4(tmp_path / "src" / f"{name}.mp4", _frames(16, 0))
     out = import_dataset(make_source("video", tmp_path / "src", action_dim=2), tmp_path / "d", resolution=16,
                          env="wall", frameskip=5, progress=False)
-    with pytest.raises(ValueError, match="is action-free"):
+    with pytest.raises(ValueError, match="is action-free .* diffusion.action_dropout=1"):
         wmplan.train.train(train_config(out, tmp_path / "run", 2))
+    # Action-free pretraining: every frame's action hidden from the model.
+    assert wmplan.train.train(train_config(out, tmp_path / "pre", 2, "diffusion.action_dropout=1.0")).is_file()

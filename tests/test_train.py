@@ -168,3 +168,33 @@ def test_training_compile_compiles_the_denoiser_in_place(wall_data, tmp_path, mo
     off = train_config(wall_data, tmp_path / "run", 2)
     wmplan.train.WorldModelModule(wmplan.train.complete_config(off, codec), codec=codec)
     assert compiled == ["NanoWM"]  # off by default
+
+
+def test_vid2world_pretrain_action_free_then_post_train_causalized(wall_data, tmp_path, monkeypatch):
+    """An action-free, non-causal pretrained model (temporal conv on) starts a causal run:
+    its EMA weights, causalized with the chosen transfer, are the run's first weights."""
+    from wmplan.models.causalize import causalize
+    from wmplan.rollout import WorldModel
+
+    arch = ["+model.temporal_conv=3"]
+    pretrained = wmplan.train.train(train_config(wall_data, tmp_path / "pre", 2, *arch, "model.causal=false",
+                                                 "diffusion.action_dropout=1.0"))
+    expected = causalize(WorldModel.from_checkpoint(pretrained).module.ema.module, "extrapolative").state_dict()
+    seen = {}
+    original = wmplan.train.init_weights
+
+    def spy(module, checkpoint, transfer):
+        original(module, checkpoint, transfer)
+        seen.update(model={k: v.clone() for k, v in module.model.state_dict().items()},
+                    ema={k: v.clone() for k, v in module.ema.module.state_dict().items()})
+
+    monkeypatch.setattr(wmplan.train, "init_weights", spy)
+    post = ["training.init_from=" + str(pretrained), "training.causalize=extrapolative", "diffusion.action_dropout=0.2"]
+    wmplan.train.train(train_config(wall_data, tmp_path / "post", 2, *arch, *post))
+    for key, value in expected.items():
+        assert torch.equal(seen["model"][key], value) and torch.equal(seen["ema"][key], value), key
+    # Without causalize the architectures differ in `causal`; causalize needs a model to start from.
+    with pytest.raises(ValueError, match=r"differs from this run's in causal \(False vs True\).*training.causalize"):
+        wmplan.train.train(train_config(wall_data, tmp_path / "bad", 2, *arch, "training.init_from=" + str(pretrained)))
+    with pytest.raises(ValueError, match="training.causalize needs training.init_from"):
+        wmplan.train.train(train_config(wall_data, tmp_path / "bad2", 2, *arch, "training.causalize=masked"))

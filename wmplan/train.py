@@ -125,9 +125,9 @@ def complete_config(cfg: DictConfig, codec: LatentCodec) -> DictConfig:
     info = load_dataset_info(cfg.data.path)
     if info["env_id"] != cfg.env.id:
         raise ValueError(f"dataset {cfg.data.path} was collected on {info['env_id']}, config says {cfg.env.id}")
-    if info.get("action_free"):  # its zeros would be learned as a real "do nothing" action
-        raise ValueError(f"dataset {cfg.data.path} is action-free (wmplan-import video): wmplan-train learns "
-                         "from actions, and action-free pretraining is not supported yet")
+    if info.get("action_free") and cfg.diffusion.action_dropout < 1:  # its zeros are not a real action
+        raise ValueError(f"dataset {cfg.data.path} is action-free (wmplan-import video): pretrain on it with "
+                         "diffusion.action_dropout=1, which hides every frame's action from the model")
     channels, height, width = codec.latent_shape
     OmegaConf.set_struct(cfg, False)
     cfg.model.latent_channels = channels
@@ -167,9 +167,31 @@ TRAIN_FLOATS = ("training.lr", "training.min_lr_ratio", "training.weight_decay",
                 "training.ema_decay", "data.val_fraction")
 
 
+def init_weights(module: WorldModelModule, checkpoint: str, transfer: str | None) -> None:
+    """Start ``module`` (model and EMA) from ``checkpoint``'s EMA weights, causalized with
+    ``transfer`` (Vid2World: a non-causal, e.g. action-free, pretrained model made causal
+    before post-training with actions). The architectures must agree but for ``causal``."""
+    from wmplan.models.causalize import causalize
+    from wmplan.rollout import WorldModel
+
+    model = WorldModel.from_checkpoint(checkpoint).module.ema.module
+    if transfer is not None:
+        causalize(model, transfer)
+    mine, theirs = vars(module.model.cfg), vars(model.cfg)
+    differ = sorted(k for k in mine if mine[k] != theirs.get(k))
+    if differ:
+        fix = " (training.causalize makes a non-causal model causal)" if "causal" in differ else ""
+        raise ValueError(f"training.init_from={checkpoint}: its model differs from this run's in "
+                         f"{', '.join(f'{k} ({theirs.get(k)} vs {mine[k]})' for k in differ)}{fix}")
+    module.model.load_state_dict(model.state_dict())
+    module.ema.module.load_state_dict(model.state_dict())
+
+
 def train(cfg: DictConfig) -> Path:
     """Train (or resume) a world model; returns the path of ``latest.ckpt``."""
     check_numbers(cfg, TRAIN_INTS, TRAIN_FLOATS)
+    if cfg.training.causalize is not None and cfg.training.init_from is None:
+        raise ValueError("training.causalize needs training.init_from, the non-causal model to start from")
     L.seed_everything(cfg.training.seed, workers=True)
     tune_cpu_allocator()
     torch.set_float32_matmul_precision("high")
@@ -182,7 +204,10 @@ def train(cfg: DictConfig) -> Path:
     resume = latest if cfg.checkpoint.resume and latest.exists() else None
     if resume is None:
         clips = getattr(train_set, "clips", train_set)  # the ClipDataset under a latent cache
-        module.set_proprio_stats(*clips.proprio_stats())
+        if cfg.model.proprio_dim:  # imported video may have none
+            module.set_proprio_stats(*clips.proprio_stats())
+        if cfg.training.init_from is not None:  # a resumed run has its own weights
+            init_weights(module, cfg.training.init_from, cfg.training.causalize)
     else:  # refused here, with a clear message, if it is not a safe wmplan checkpoint
         read_checkpoint(resume, mmap=True)
     trainer = build_trainer(cfg, out_dir)

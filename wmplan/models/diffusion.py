@@ -39,7 +39,7 @@ class DiffusionConfig:
     snr_gamma: float | None = 5.0  # min-SNR-gamma loss weighting; None or 0 = off
     context_frames: int = 1  # leading frames kept at the context noise level, not trained on
     context_noise_level: float = 0.02  # history stabilization level, fraction of T
-    action_dropout: float = 0.0  # per-frame action drop probability (classifier-free guidance)
+    action_dropout: float = 0.0  # per-frame action drop probability (classifier-free guidance); 1: action-free
     proprio_loss_weight: float = 1.0
 
     def __post_init__(self) -> None:
@@ -65,8 +65,8 @@ class DiffusionConfig:
             raise ValueError(f"context_frames must be >= 0, got {self.context_frames}")
         if not 0.0 <= self.context_noise_level < 1.0:
             raise ValueError(f"context_noise_level must be in [0, 1), got {self.context_noise_level}")
-        if not 0.0 <= self.action_dropout < 1.0:
-            raise ValueError(f"action_dropout must be in [0, 1), got {self.action_dropout}")
+        if not 0.0 <= self.action_dropout <= 1.0:
+            raise ValueError(f"action_dropout must be in [0, 1], got {self.action_dropout}")
         if self.proprio_loss_weight < 0:
             raise ValueError(f"proprio_loss_weight must be >= 0, got {self.proprio_loss_weight}")
 
