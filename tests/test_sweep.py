@@ -64,11 +64,14 @@ def test_ablation_cells_are_swept_and_compose(ablation):
         if ablation == "action_injection":
             assert train_cfg.model.action_injection == cell
         if ablation == "sampling_steps":
-            assert spec["sampler_steps"] == int(cell)
+            assert spec["sampler"] == {"steps": int(cell)}
         if ablation == "data_size":
             assert train_cfg.data.max_train_episodes == int(cell) and "execute_k=1" in cfg.plan_overrides
-    # One model per cell, except that the sampling-steps cells share one.
-    assert len(dirs) == (1 if ablation == "sampling_steps" else len(cells))
+        if ablation == "vid2world":
+            assert train_cfg.model.temporal_conv == 3 and train_cfg.diffusion.action_dropout == 0.2
+            assert (train_cfg.training.causalize is None) == cell.startswith("scratch")
+    # One model per training: the sampling-steps cells share one, guided cells their unguided twin's.
+    assert len(dirs) == {"sampling_steps": 1, "vid2world": 4}.get(ablation, len(cells))
 
 
 def test_unknown_cell_is_refused(tmp_path):
@@ -128,6 +131,22 @@ def test_latent_cell_trains_its_codec_first(wall_data, tmp_path):
     assert result["quality"]["reconstruction"]["psnr"] > 0 and result["plan"] is None
     from wmplan.rollout import WorldModel
     assert WorldModel.from_checkpoint(result["checkpoint"]).module.codec.cfg.name == "trained_vae"
+
+
+def test_vid2world_cell_pretrains_causalizes_and_evaluates_with_guidance(wall_data, tmp_path):
+    """init: the ablation's action-free, non-causal model is trained once, then causalized and
+    post-trained; the cell's sampler (guidance) is used for its measurements."""
+    out = tmp_path / "sweep"
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("sweep", [*sweep_overrides(wall_data, out), "ablation=vid2world", "cell=masked_guided",
+                                "budget.pretrain_steps=2", "budget.plan_episodes=0", "budget.tracking_starts=0"])
+        result = run_cell(cfg)
+    from wmplan.checkpoint import read_checkpoint
+    pre = read_checkpoint(out / "pretrain" / "checkpoints" / "latest.ckpt")["wmplan_config"]
+    post = read_checkpoint(result["checkpoint"])["wmplan_config"]
+    assert pre["model"]["causal"] is False and pre["diffusion"]["action_dropout"] == 1.0
+    assert post["model"]["causal"] is True and post["training"]["causalize"] == "masked"
+    assert result["quality"]["sampler"]["guidance_scale"] == 2.5 and result["sensitivity"]["sampler"]["guidance_scale"] == 2.5
 
 
 def test_report_keeps_the_ablation_order(tmp_path):

@@ -32,6 +32,7 @@ and the end of the multirun, rewrites ``sweep.csv``, ``sweep.md``, ``sweep.png``
 from __future__ import annotations
 
 import csv
+import dataclasses
 import fcntl
 import hashlib
 import io
@@ -56,29 +57,55 @@ CELL_FILE = "cell.json"
 
 
 # -- one cell -----------------------------------------------------------------------------
+CELL_KEYS = ("train", "plan", "sampler", "codec", "init")
+
+
 def cell_spec(cfg: DictConfig) -> dict[str, Any]:
-    """The selected cell's {train: [...], plan: [...], sampler_steps: int | None}."""
+    """The selected cell: its ``train`` and ``plan`` overrides, ``sampler`` fields for evaluation
+    (e.g. steps, guidance_scale), the ``codec`` it trains first and the weight transfer it
+    ``init``-s from the ablation's pretrained model with (None for each when absent)."""
     cells = cfg.ablation.cells
     if cfg.cell is None or str(cfg.cell) not in cells:  # cell=1 arrives as an int
         raise ValueError(f"cell={cfg.cell!r} is not a cell of ablation {cfg.ablation.name}: "
                          f"choose one of {list(cells)} (or run the whole sweep without cell=)")
     spec = OmegaConf.to_container(cells[str(cfg.cell)], resolve=True) or {}
-    unknown = set(spec) - {"train", "plan", "sampler_steps", "codec"}
+    where = f"ablation {cfg.ablation.name} cell {cfg.cell}"
+    unknown = set(spec) - set(CELL_KEYS)
     if unknown:
-        raise ValueError(f"ablation {cfg.ablation.name} cell {cfg.cell}: unknown keys {sorted(unknown)}")
+        raise ValueError(f"{where}: unknown keys {sorted(unknown)}; a cell has {list(CELL_KEYS)}")
     if spec.get("codec") not in (None, *CODEC_TRAINERS):
-        raise ValueError(f"ablation {cfg.ablation.name} cell {cfg.cell}: codec must be one of {list(CODEC_TRAINERS)}, "
-                         f"got {spec['codec']!r}")
+        raise ValueError(f"{where}: codec must be one of {list(CODEC_TRAINERS)}, got {spec['codec']!r}")
+    if spec.get("init") is not None and not cfg.ablation.get("pretrain"):
+        raise ValueError(f"{where}: init needs the ablation's pretrain overrides (the model to start from)")
     return {"train": list(spec.get("train", [])), "plan": list(spec.get("plan", [])),
-            "sampler_steps": spec.get("sampler_steps"), "codec": spec.get("codec")}
+            "sampler": dict(spec.get("sampler") or {}), "codec": spec.get("codec"), "init": spec.get("init")}
 
 
 def train_overrides(cfg: DictConfig, spec: dict[str, Any]) -> list[str]:
     """The ``wmplan-train`` overrides of a cell, without where it writes."""
     recipe = [] if cfg.recipe is None else [f"experiment={cfg.recipe}"]
     codec = [] if spec["codec"] is None else [f"latent={spec['codec']}", f"latent.path={codec_dir(cfg, spec['codec'])}"]
+    init = [] if spec["init"] is None else [f"training.init_from={pretrain_checkpoint(cfg)}",
+                                            f"training.causalize={spec['init']}"]
     return [*env_overrides(cfg), *recipe, f"data.path={Path(cfg.data).absolute()}",
-            f"training.max_steps={cfg.budget.train_steps}", *codec, *cfg.train_overrides, *spec["train"]]
+            f"training.max_steps={cfg.budget.train_steps}", *codec, *init, *cfg.train_overrides, *spec["train"]]
+
+
+def pretrain_checkpoint(cfg: DictConfig) -> Path:
+    return (Path(cfg.out_dir) / "pretrain" / "checkpoints" / "latest.ckpt").absolute()
+
+
+def pretrain(cfg: DictConfig) -> None:
+    """Train the ablation's shared starting model once (``ablation.pretrain`` overrides on the
+    recipe, ``budget.pretrain_steps``), e.g. Vid2World's non-causal, action-free video model."""
+    from wmplan.train import train
+
+    recipe = [] if cfg.recipe is None else [f"experiment={cfg.recipe}"]
+    out = pretrain_checkpoint(cfg).parents[1]
+    with locked(out.parent / "pretrain.lock"):
+        train(compose("train", [*env_overrides(cfg), *recipe, f"data.path={Path(cfg.data).absolute()}",
+                                f"training.max_steps={cfg.budget.pretrain_steps}", *cfg.train_overrides,
+                                *cfg.ablation.pretrain, f"out_dir={out}"]))
 
 
 def codec_dir(cfg: DictConfig, name: str) -> Path:
@@ -135,6 +162,8 @@ def train_cell(cfg: DictConfig, spec: dict[str, Any]) -> Path:
     from wmplan.train import train
 
     prepare_codec(cfg, spec["codec"])
+    if spec["init"] is not None:
+        pretrain(cfg)  # resumes to its budget, or returns at once when done
     overrides = train_overrides(cfg, spec)
     out = model_dir(cfg, overrides)
     with locked(out / "train.lock"):
@@ -152,7 +181,7 @@ def evaluate_cell(cfg: DictConfig, spec: dict[str, Any], checkpoint: Path, cell_
 
     b = cfg.budget
     wm = WorldModel.from_checkpoint(checkpoint)
-    sampler = reference_sampler(wm, steps=spec["sampler_steps"] or b.quality_sampler_steps)
+    sampler = dataclasses.replace(reference_sampler(wm, steps=b.quality_sampler_steps), **spec["sampler"])
     measures = {
         "quality": lambda: None if not wm.module.codec.can_decode else prediction_quality(
             wm, cfg.data, b.quality_clips, context=wm.context_frames, predicted=b.rollout_steps, seed=cfg.seed,
@@ -172,11 +201,11 @@ def evaluate_cell(cfg: DictConfig, spec: dict[str, Any], checkpoint: Path, cell_
 
 
 def plan_cell(cfg: DictConfig, spec: dict[str, Any], checkpoint: Path, out_dir: Path, evaluate) -> dict[str, Any]:
-    steps = [] if spec["sampler_steps"] is None else [f"sampler.steps={spec['sampler_steps']}"]
+    sampler = [f"sampler.{key}={value}" for key, value in spec["sampler"].items()]
     plan_cfg = compose("plan", [
         *env_overrides(cfg), f"world_model={checkpoint}", f"episodes={cfg.budget.plan_episodes}",
         f"seed={cfg.seed + 57}", f"out_dir={out_dir}", "videos=0", "progress=false",
-        f"goals.dataset={Path(cfg.data).absolute()}", *steps, *cfg.plan_overrides, *spec["plan"],
+        f"goals.dataset={Path(cfg.data).absolute()}", *sampler, *cfg.plan_overrides, *spec["plan"],
     ])
     results = evaluate(plan_cfg)
     log.info(results["summary"])
@@ -198,7 +227,7 @@ def plan_baselines(cfg: DictConfig) -> None:
     for name in BASELINES:
         with locked(folder / f"{name}.lock"):
             if not (folder / f"{name}.json").exists():
-                spec = {"sampler_steps": None, "plan": []}
+                spec = {"sampler": {}, "plan": []}
                 write_json_atomic(folder / f"{name}.json", plan_cell(cfg, spec, Path(name), folder / name, evaluate))
 
 
@@ -211,7 +240,7 @@ def read_baselines(out_dir: str | Path) -> dict[str, dict[str, Any]]:
 def run_cell(cfg: DictConfig) -> dict[str, Any]:
     """One sweep job: train and measure the cell ``cfg.cell``, unless it already finished."""
     check_numbers(cfg, {"budget.train_steps": 1, "budget.quality_clips": 1, "budget.rollout_steps": 1,
-                        "budget.quality_sampler_steps": 1, "budget.plan_episodes": 0,
+                        "budget.quality_sampler_steps": 1, "budget.plan_episodes": 0, "budget.pretrain_steps": 1,
                         "budget.tracking_starts": 0, "seed": 0})
     spec = cell_spec(cfg)
     cell_dir = Path(cfg.out_dir) / "cells" / str(cfg.cell)
