@@ -91,6 +91,7 @@ def test_one_cell_end_to_end_skips_when_done_and_resumes(wall_data, tmp_path):
         assert set(result["sensitivity"]["latent_mse"]) == {"ground_truth", "zero", "random", "context"}
         assert result["plan"]["episodes"] == 2 and 0 <= result["plan"]["success_rate"] <= 1
         assert result["tracking"]["starts"] == 2 and result["tracking"]["stay"]["rmse"] > 0
+        assert result["quality"]["video_metrics"]["model"]["rf_fvd"] >= 0  # random-feature FVD, always
         assert Path(result["checkpoint"]).is_file()
         # Finished: a rerun reads cell.json and measures nothing.
         stamps = {p.name: p.stat().st_mtime_ns for p in cell_dir.glob("*.json")}

@@ -31,8 +31,10 @@ from wmplan.models.nanowm import shift_actions
 from wmplan.models.sampling import SamplerConfig
 from wmplan.planners.mpc import obs_batch, observe
 from wmplan.rollout import WorldModel
+from wmplan.video_metrics import RF_LABEL, VideoMetrics
 
 REFERENCE_SAMPLER = config_path("sampler", "ddim_eval.yaml")
+ROWS = ("model", "copy_last", "reconstruction")  # prediction_quality's rows
 
 
 def reference_sampler(wm: WorldModel, steps: int | None = None, schedule: str | None = None) -> SamplerConfig:
@@ -107,13 +109,14 @@ def summarize_scores(scores: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
 
 def prediction_quality(wm: WorldModel, dataset_path: str | Path, n_clips: int = 256, context: int = 1,
                        predicted: int = 3, seed: int = 42, sampler: SamplerConfig | None = None,
-                       batch_size: int = 64) -> dict[str, Any]:
+                       batch_size: int = 64, video_metrics: VideoMetrics | None = None) -> dict[str, Any]:
     """PSNR / SSIM of decoded predictions on the predicted frames only (docs/REFERENCE.md §3 protocol).
 
     ``model``: predictions from ``context`` true frames and the true actions; ``copy_last``:
     the last context frame repeated, on the same frames; ``reconstruction``: the codec's
     decode(encode(truth)), the ceiling any latent prediction can reach. ``sampler`` defaults
-    to ``reference_sampler(wm)``.
+    to ``reference_sampler(wm)``. With ``video_metrics`` (``wmplan.video_metrics``) the same
+    frames also get rf-FVD / rf-FID (+ FVD, FID, LPIPS where configured) under ``video_metrics``.
     """
     if not wm.module.codec.can_decode:
         raise ValueError(f"codec {wm.module.codec.cfg.name!r} is encode-only: no pixel-space prediction quality")
@@ -121,18 +124,28 @@ def prediction_quality(wm: WorldModel, dataset_path: str | Path, n_clips: int = 
         raise ValueError(f"need context >= 1 and predicted >= 1, got {context}, {predicted}")
     sampler = sampler or reference_sampler(wm)
     clips = validation_clips(wm, dataset_path, n_clips, context + predicted, seed)
-    model, copy_last, recon = [], [], []
+    scores: dict[str, list] = {row: [] for row in ROWS}
+    frames: dict[str, list] = {row: [] for row in (*ROWS, "truth")}  # uint8 [b, predicted, H, W, 3] per batch
     for start, batch in batches(clips, batch_size):
         pred, enc = rollout_from_context(wm, batch, context, batch["actions"][:, context - 1 :], sampler, seed + start)
-        latents, truth = enc["latents"], batch["pixels"][:, context:]
-        model.append(frame_scores(wm.decode(pred["latents"]), truth))
-        copy_last.append(frame_scores(batch["pixels"][:, context - 1 : context].expand_as(truth), truth))
-        recon.append(frame_scores(wm.decode(latents[:, context:]), truth))
-    return {
-        "clips": len(clips["pixels"]), "context_frames": context, "predicted_frames": predicted, "seed": seed,
-        "sampler": dataclasses.asdict(sampler), "model": summarize_scores(model),
-        "copy_last": summarize_scores(copy_last), "reconstruction": summarize_scores(recon),
-    }
+        truth = batch["pixels"][:, context:]
+        rows = {"model": wm.decode(pred["latents"]),
+                "copy_last": batch["pixels"][:, context - 1 : context].expand_as(truth),
+                "reconstruction": wm.decode(enc["latents"][:, context:])}
+        for row, row_frames in rows.items():
+            scores[row].append(frame_scores(row_frames, truth))
+            if video_metrics is not None:
+                frames[row].append(row_frames)
+        if video_metrics is not None:
+            frames["truth"].append(truth)
+    out = {"clips": len(clips["pixels"]), "context_frames": context, "predicted_frames": predicted, "seed": seed,
+           "sampler": dataclasses.asdict(sampler), **{row: summarize_scores(s) for row, s in scores.items()}}
+    if video_metrics is not None:
+        videos = {row: torch.cat(f) for row, f in frames.items()}
+        truth_features = video_metrics.features(videos["truth"])
+        out["video_metrics"] = {"label": RF_LABEL, "rf_seed": video_metrics.rf_seed, **{
+            row: video_metrics(videos[row], videos["truth"], truth_features=truth_features) for row in ROWS}}
+    return out
 
 
 def action_variants(actions: torch.Tensor, seed: int) -> dict[str, torch.Tensor]:

@@ -24,6 +24,7 @@ from wmplan.models.codecs import CodecConfig, LatentCodec, build_codec
 from wmplan.models.diffusion import Diffusion, DiffusionConfig
 from wmplan.models.nanowm import NanoWM, NanoWMConfig
 from wmplan.models.sampling import SamplerConfig, generate
+from wmplan.video_metrics import VideoMetrics, frechet_from_features
 
 
 class EMAWithWarmup:
@@ -86,6 +87,8 @@ class WorldModelModule(L.LightningModule):
         p = max(1, int(cfg.model.proprio_dim))
         self.register_buffer("proprio_mean", torch.zeros(p))
         self.register_buffer("proprio_std", torch.ones(p))
+        self._video_metrics: VideoMetrics | None = None  # a plain attribute: its nets stay out of checkpoints
+        self._video_features: dict[str, dict[str, list[torch.Tensor]]] = {}
 
     # -- data helpers ---------------------------------------------------------------
     def set_proprio_stats(self, mean: np.ndarray, std: np.ndarray) -> None:
@@ -200,8 +203,48 @@ class WorldModelModule(L.LightningModule):
         self.log("val/ssim", ssim(frames, truth).mean(), sync_dist=True)
         self.log("val/psnr_copy_last", psnr(copy_last, truth).mean(), sync_dist=True)
         self.log("val/ssim_copy_last", ssim(copy_last, truth).mean(), sync_dist=True)
+        self._collect_video_metrics(frames, copy_last, truth)
         if batch_idx == 0 and self.global_rank == 0:
             self._write_sample_video(batch["pixels"][:, :n_ctx], frames, truth)
+
+    def video_metrics(self) -> VideoMetrics:
+        """The nets of ``validation.metrics`` (rf-FVD / rf-FID always: random-feature, not comparable
+        to published FVD/FID; FVD / FID / LPIPS from local weights when configured), built once."""
+        if self._video_metrics is None:
+            m = self.cfg.validation.get("metrics") or {}  # older checkpoints' configs have none
+            self._video_metrics = VideoMetrics(m.get("i3d"), m.get("inception"), m.get("lpips"), m.get("lpips_lin"),
+                                               int(m.get("rf_seed", 0))).to(self.device)
+        return self._video_metrics
+
+    def _collect_video_metrics(self, frames: torch.Tensor, copy_last: torch.Tensor, truth: torch.Tensor) -> None:
+        """LPIPS per batch; Fréchet features kept until the epoch ends (a distance of sets, not a mean
+        over batches). frames, copy_last, truth: uint8 [B, H, h, w, 3]."""
+        metrics = self.video_metrics()
+        for name, video in (("model", frames), ("copy_last", copy_last), ("truth", truth)):
+            for key, f in metrics.features(video).items():
+                self._video_features.setdefault(name, {}).setdefault(key, []).append(f)
+        for name, video in (("", frames), ("_copy_last", copy_last)):
+            d = metrics.lpips_per_frame(video, truth)
+            if d is not None:
+                self.log(f"val/lpips{name}", d.mean(), sync_dist=True)
+
+    def on_validation_epoch_end(self) -> None:
+        """val/rf_fvd, val/rf_fid (+ val/fvd, val/fid) over every prediction clip of all ranks."""
+        features, self._video_features = self._video_features, {}
+        if not features:
+            return
+        sets = {name: {key: self._gather(torch.cat(f)) for key, f in by_key.items()} for name, by_key in features.items()}
+        for key, truth in sets["truth"].items():
+            if len(truth) < 2:  # a covariance needs two samples
+                continue
+            self.log(f"val/{key}", frechet_from_features(sets["model"][key], truth), sync_dist=True)
+            self.log(f"val/{key}_copy_last", frechet_from_features(sets["copy_last"][key], truth), sync_dist=True)
+
+    def _gather(self, f: torch.Tensor) -> torch.Tensor:
+        """Features [n, D] of every rank [world * n, D] (the same on all ranks)."""
+        if self.trainer.world_size == 1:
+            return f
+        return self.all_gather(f.to(self.device)).flatten(0, 1).cpu()
 
     def _write_sample_video(self, context: torch.Tensor, pred: torch.Tensor, truth: torch.Tensor) -> None:
         """GIF: rows = clips; left = context + prediction, right = context + ground truth."""

@@ -160,8 +160,8 @@ def write_evaluation_report(path: str | os.PathLike, results: Mapping[str, Any],
 
 # -- a sweep --------------------------------------------------------------------------------
 SWEEP_COLUMNS = ("cell", "training overrides", "success", "success_ci95", "final_distance", "s_per_replan", "psnr",
-                 "copy_last_psnr", "psnr_last_step", "latent_mse_true", "latent_mse_zero", "latent_mse_random",
-                 "tracking_rmse", "stay_rmse", "plan report")
+                 "copy_last_psnr", "psnr_last_step", "rf_fvd", "copy_last_rf_fvd", "latent_mse_true", "latent_mse_zero",
+                 "latent_mse_random", "tracking_rmse", "stay_rmse", "plan report")
 
 
 def write_sweep_report(out_dir: str | os.PathLike, cells: Sequence[Mapping[str, Any]],

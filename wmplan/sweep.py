@@ -178,6 +178,7 @@ def evaluate_cell(cfg: DictConfig, spec: dict[str, Any], checkpoint: Path, cell_
     from wmplan.diagnostics import action_sensitivity, plan_tracking, prediction_quality, reference_sampler
     from wmplan.planners.evaluate import evaluate
     from wmplan.rollout import WorldModel
+    from wmplan.video_metrics import VideoMetrics
 
     b = cfg.budget
     wm = WorldModel.from_checkpoint(checkpoint)
@@ -185,7 +186,7 @@ def evaluate_cell(cfg: DictConfig, spec: dict[str, Any], checkpoint: Path, cell_
     measures = {
         "quality": lambda: None if not wm.module.codec.can_decode else prediction_quality(
             wm, cfg.data, b.quality_clips, context=wm.context_frames, predicted=b.rollout_steps, seed=cfg.seed,
-            sampler=sampler),
+            sampler=sampler, video_metrics=VideoMetrics(rf_seed=cfg.seed)),
         "sensitivity": lambda: action_sensitivity(wm, cfg.data, b.quality_clips, seed=cfg.seed, sampler=sampler),
         "tracking": lambda: None if not wm.uses_proprio or b.tracking_starts == 0 else plan_tracking(
             wm, n_starts=b.tracking_starts, n_plans=8, seed=cfg.seed),
@@ -261,7 +262,7 @@ def run_cell(cfg: DictConfig) -> dict[str, Any]:
 
 # -- the report ---------------------------------------------------------------------------
 COLUMNS = ("cell", "success", "success_ci95", "final_distance", "s_per_replan", "psnr", "copy_last_psnr",
-           "psnr_last_step", "latent_mse_true", "latent_mse_zero", "latent_mse_random", "tracking_rmse",
+           "psnr_last_step", "rf_fvd", "copy_last_rf_fvd", "latent_mse_true", "latent_mse_zero", "latent_mse_random", "tracking_rmse",
            "stay_rmse")
 
 
@@ -276,6 +277,8 @@ def report_row(cell: dict[str, Any]) -> dict[str, Any]:
         "psnr": None if q is None else q["model"]["psnr"],
         "copy_last_psnr": None if q is None else q["copy_last"]["psnr"],
         "psnr_last_step": None if q is None else q["model"]["psnr_per_frame"][-1],
+        "rf_fvd": None if q is None or "video_metrics" not in q else q["video_metrics"]["model"]["rf_fvd"],
+        "copy_last_rf_fvd": None if q is None or "video_metrics" not in q else q["video_metrics"]["copy_last"]["rf_fvd"],
         "latent_mse_true": s["ground_truth"], "latent_mse_zero": s["zero"], "latent_mse_random": s["random"],
         "tracking_rmse": None if t is None else t["model"]["rmse"], "stay_rmse": None if t is None else t["stay"]["rmse"],
     }
@@ -316,20 +319,21 @@ def markdown_table(cells: list[dict[str, Any]], rows: list[dict[str, Any]], find
                    baselines: dict[str, dict[str, Any]]) -> str:
     c0 = cells[0]
     head = (f"# Ablation `{c0['ablation']}` on {c0['env']}\n\n" + (f"Expected (Nano World Models): {finding}\n\n" if finding else "")
-            + "| cell | training overrides | success [95% CI] | final dist | s/replan | PSNR (copy-last) | PSNR last step "
-            "| latent MSE true / zero / random actions | plan tracking RMSE (stay) |\n|---|---|---|---|---|---|---|---|---|\n")
+            + "| cell | training overrides | success [95% CI] | final dist | s/replan | PSNR (copy-last) | PSNR last step | rf-FVD (copy-last) "
+            "| latent MSE true / zero / random actions | plan tracking RMSE (stay) |\n|---|---|---|---|---|---|---|---|---|---|\n")
     lines = []
     for cell, r in zip(cells, rows):
         success = "-" if r["success"] is None else f"{r['success']:.2f} [{r['success_ci95']}]"
         psnr = "-" if r["psnr"] is None else f"{r['psnr']:.2f} ({r['copy_last_psnr']:.2f})"
         lines.append(f"| {r['cell']} | `{' '.join(cell['train']) or '(recipe)'}` | {success} | {fmt(r['final_distance'])} | "
                      f"{fmt(r['s_per_replan'])} | {psnr} | {fmt(r['psnr_last_step'], 4)} | "
+                     + ("-" if r["rf_fvd"] is None else f"{r['rf_fvd']:.3g} ({r['copy_last_rf_fvd']:.3g})") + " | "
                      f"{fmt(r['latent_mse_true'])} / {fmt(r['latent_mse_zero'])} / {fmt(r['latent_mse_random'])} | "
                      + ("-" if r["tracking_rmse"] is None else f"{r['tracking_rmse']:.3g} ({r['stay_rmse']:.3g})") + " |")
     for name, b in baselines.items():
         ci = "-".join(f"{x:.2f}" for x in b["success_ci95"])
         lines.append(f"| *{name}* | (baseline) | {b['success_rate']:.2f} [{ci}] | {fmt(b['mean_final_distance'])} | "
-                     f"{fmt(b['plan_time_mean_s'])} | - | - | - | - |")
+                     f"{fmt(b['plan_time_mean_s'])} | - | - | - | - | - |")
     return head + "\n".join(lines) + "\n"
 
 
