@@ -196,23 +196,3 @@ def test_eval_script_writes_json(checkpoint, dataset, capsys):
     out = script.main(["--checkpoint", str(checkpoint), "--dataset", str(dataset), "--clips", "4", "--steps", "2",
                        "--context", "2", "--out", str(checkpoint.with_name("context2.json"))])
     assert json.loads(out.read_text())["prediction_quality"]["context_frames"] == 2
-
-
-def test_compare_latents_end_to_end(dataset, tmp_path, capsys):
-    script = load_script("compare_latents")
-    tiny_train = ["model=tiny", "training.batch_size=4", "training.warmup_steps=1", "validation.every_n_steps=1000",
-                  "logging.progress_every=0"]
-    tiny_plan = ["budget_env_steps=5", "planner.num_samples=8", "planner.topk=2", "planner.iterations=1"]
-    args = ["--dataset", str(dataset), "--out", str(tmp_path / "out"), "--vae-dir", str(tmp_path / "vae"),
-            "--steps", "3", "--vae-steps", "3", "--tokens-side", "2", "--episodes", "2", "--eval-clips", "4",
-            "--eval-steps", "2", "--tracking-starts", "2", "--train-override", *tiny_train, "--plan-override", *tiny_plan]
-    rows = script.main(args)
-    assert list(rows) == ["pixels", "trained_vae"] and (tmp_path / "vae" / "config.json").is_file()
-    for row in rows.values():
-        assert 0 <= row["success_rate"] <= 1 and row["plan_time_mean_s"] > 0
-        assert math.isfinite(row["quality"]["model"]["psnr"])
-        assert row["tracking"]["starts"] == 2 and math.isfinite(row["tracking"]["model"]["rmse"])
-    assert json.loads((tmp_path / "out" / "comparison.json").read_text())["codecs"] == json.loads(json.dumps(rows))
-    assert "trained_vae" in capsys.readouterr().out
-    with pytest.raises(ValueError, match="NAME=PATH"):
-        script.main(args + ["--checkpoint", "foo=bar"])

@@ -117,21 +117,31 @@ def test_one_cell_end_to_end_skips_when_done_and_resumes(wall_data, tmp_path):
     linked_files(out / "cells" / "x" / "plan" / "report.html")
 
 
-def test_latent_cell_trains_its_codec_first(wall_data, tmp_path):
-    """codec: trained_vae: the VAE is trained on the sweep's data once, and the world model uses it."""
+CODEC_OVERRIDES = {
+    "trained_vae": ["train.steps=2", "train.block_out_channels=[8,8]", "train.norm_num_groups=4", "train.batch_size=4",
+                    "train.max_val_frames=8", "train.scale_frames=16", "train.log_every=1", "train.checkpoint_every=1"],
+    "jepa": ["model.patch_size=4", "model.width=16", "model.depth=1", "model.heads=2", "model.embed_dim=16",
+             "model.history=2", "model.pred_width=16", "model.pred_depth=1", "model.pred_heads=2", "train.steps=2",
+             "train.batch_size=8", "train.sigreg_directions=8", "train.val_clips=4", "train.scale_clips=8",
+             "train.val_fraction=0.3", "train.checkpoint_every=0"],
+}
+
+
+@pytest.mark.parametrize("codec, patch", [("trained_vae", 2), ("jepa", 1)])
+def test_latent_cell_trains_its_codec_first(codec, patch, wall_data, tmp_path):
+    """codec: <name>: the codec is trained on the sweep's data once, and the world model uses it."""
     out = tmp_path / "sweep"
-    vae = ["train.steps=2", "train.block_out_channels=[8,8]", "train.norm_num_groups=4", "train.batch_size=4",
-           "train.max_val_frames=8", "train.scale_frames=16", "train.log_every=1", "train.checkpoint_every=1"]
-    tiny = [o for o in TINY_TRAIN if not o.startswith("latent")] + ["model.patch_size=2"]
+    tiny = [o for o in TINY_TRAIN if not o.startswith("latent")] + [f"model.patch_size={patch}"]
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("sweep", [*sweep_overrides(wall_data, out), "ablation=latent", "cell=trained_vae",
-                                f"train_overrides={quoted(tiny)}", f"codec_overrides.trained_vae={quoted(vae)}",
+        cfg = compose("sweep", [*sweep_overrides(wall_data, out), "ablation=latent", f"cell={codec}",
+                                f"train_overrides={quoted(tiny)}", f"codec_overrides.{codec}={quoted(CODEC_OVERRIDES[codec])}",
                                 "budget.plan_episodes=0"])
         result = run_cell(cfg)
-    assert (out / "codecs" / "trained_vae").is_dir()
-    assert result["quality"]["reconstruction"]["psnr"] > 0 and result["plan"] is None
+    assert (out / "codecs" / codec).is_dir() and result["plan"] is None
+    # A VAE decodes (prediction quality); the JEPA is encode-only (action sensitivity in its latent).
+    assert (result["quality"] is None) == (codec == "jepa") and result["sensitivity"]["latent_mse"]["zero"] >= 0
     from wmplan.rollout import WorldModel
-    assert WorldModel.from_checkpoint(result["checkpoint"]).module.codec.cfg.name == "trained_vae"
+    assert WorldModel.from_checkpoint(result["checkpoint"]).module.codec.cfg.name == codec
 
 
 def test_vid2world_cell_pretrains_causalizes_and_evaluates_with_guidance(wall_data, tmp_path):

@@ -23,8 +23,8 @@ recipe (``recipe``, an experiment file) plus the cell's overrides, then measures
 A finished cell writes ``cells/<cell>/cell.json`` atomically and is skipped when the sweep runs
 again; an interrupted one resumes its training from ``latest.ckpt`` and its evaluation from
 the steps already written. Cells whose training overrides are equal share one model (the
-sampling-steps cells all read one checkpoint). A cell with ``codec: trained_vae`` first trains
-that codec on the sweep's data into ``codecs/<name>`` (once per sweep). Every finished cell,
+sampling-steps cells all read one checkpoint). A cell with ``codec: trained_vae | jepa`` first
+trains that codec on the sweep's data into ``codecs/<name>`` (once per sweep). Every finished cell,
 and the end of the multirun, rewrites ``sweep.csv``, ``sweep.md``, ``sweep.png`` and
 ``report.html`` from all finished cells.
 """
@@ -119,8 +119,17 @@ def train_vae_codec(cfg: DictConfig, out: Path) -> None:
     train_vae(Path(cfg.data), out, VAETrainConfig(**OmegaConf.to_container(vae_cfg.train, resolve=True)))
 
 
+def train_jepa_codec(cfg: DictConfig, out: Path) -> None:
+    from wmplan.train_jepa import JEPATrainConfig, train_jepa
+
+    jepa_cfg = compose("train_jepa", [*env_overrides(cfg), *cfg.codec_overrides.jepa])
+    env = {"id": jepa_cfg.env.id, "frameskip": jepa_cfg.env.frameskip, "resolution": jepa_cfg.env.resolution}
+    train_jepa(Path(cfg.data), out, OmegaConf.to_container(jepa_cfg.model, resolve=True),
+               JEPATrainConfig(**OmegaConf.to_container(jepa_cfg.train, resolve=True)), env)
+
+
 # Codecs a cell can train on the sweep's own data before its world model (``codec: <name>``).
-CODEC_TRAINERS = {"trained_vae": train_vae_codec}
+CODEC_TRAINERS = {"trained_vae": train_vae_codec, "jepa": train_jepa_codec}
 
 
 def prepare_codec(cfg: DictConfig, name: str | None) -> None:
