@@ -65,13 +65,9 @@ def context_history(cfg: DictConfig, wm: Any) -> int:
     return wm.context_frames
 
 
-def model_and_objective(cfg: DictConfig, env) -> tuple[Any, Any, Any, Any]:
-    """(encode_fn, make_rollout_fn, objective, WorldModel or None) for ``cfg.world_model``."""
-    if cfg.world_model in BASELINES:
-        oracle = OracleModel(env)
-        return oracle.encode, oracle.make_rollout_fn, EnvDistance(env), None
-    if str(cfg.world_model).startswith("jepa:"):  # a JEPA folder's own predictor (wmplan.jepa_world_model)
-        return jepa_model_and_objective(cfg)
+def checked_world_model(cfg: DictConfig):
+    """The ``WorldModel`` of checkpoint ``cfg.world_model`` (sampler, chunk size and precision
+    from ``cfg``), refused when it was trained on another env id, frameskip or resolution."""
     from wmplan.rollout import WorldModel
 
     wm = WorldModel.from_checkpoint(cfg.world_model, sampler=OmegaConf.to_container(cfg.sampler),
@@ -80,6 +76,17 @@ def model_and_objective(cfg: DictConfig, env) -> tuple[Any, Any, Any, Any]:
         wm.check_env(cfg.env.id, cfg.env.frameskip, cfg.env.resolution)
     except ValueError as err:
         raise ValueError(f"checkpoint {cfg.world_model}: {err}") from None
+    return wm
+
+
+def model_and_objective(cfg: DictConfig, env) -> tuple[Any, Any, Any, Any]:
+    """(encode_fn, make_rollout_fn, objective, WorldModel or None) for ``cfg.world_model``."""
+    if cfg.world_model in BASELINES:
+        oracle = OracleModel(env)
+        return oracle.encode, oracle.make_rollout_fn, EnvDistance(env), None
+    if str(cfg.world_model).startswith("jepa:"):  # a JEPA folder's own predictor (wmplan.jepa_world_model)
+        return jepa_model_and_objective(cfg)
+    wm = checked_world_model(cfg)
 
     def make_rollout_fn(context):  # context["seeds"]: each episode's own noise (run_mpc)
         return lambda actions: wm.rollout(context, actions, seed=context["seeds"])
