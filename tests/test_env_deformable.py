@@ -138,6 +138,9 @@ def test_push_across_moves_particles_and_a_miss_does_not(env, start_goal):
     miss = np.concatenate([corner, 0.8 * corner]) / WORKSPACE
     still = env.particle_positions(env.simulate(start, miss[None])[-1])
     assert np.abs(still - env.particle_positions(start)).max() < 1e-3
+    # A zero-length push, even on top of the objects, is no push (the `noop` baseline's action).
+    on_top = np.concatenate([centre, centre]) / WORKSPACE
+    np.testing.assert_array_equal(env.simulate(start, on_top[None])[-1], start)
 
 
 def test_goal_evaluation(env, start_goal):

@@ -129,6 +129,14 @@ def test_same_seed_same_results(runs, name, checkpoint, tmp_path):
     assert other["records"][0]["start_state"] != results["records"][0]["start_state"]
 
 
+def test_noop_baseline_executes_zero_actions(runs, tmp_path):
+    """world_model=noop: the do-nothing baseline, on the same episodes as the others."""
+    noop = evaluate(plan_config("noop", tmp_path))
+    assert all(not np.any(r["actions"]) for r in noop["records"])
+    assert [r["start_state"] for r in noop["records"]] == [r["start_state"] for r in runs["random"][0]["records"]]
+    assert noop["checkpoint"] == {"path": None, "sha256": None}
+
+
 def test_checkpoint_from_another_env_is_refused(checkpoint, tmp_path):
     cfg = plan_config(checkpoint, tmp_path, "env=pusht")
     with pytest.raises(ValueError, match="trained with env id wmplan/Wall-v0, but the planning env has wmplan/PushT-v0"):

@@ -261,6 +261,8 @@ class TablePushEnv(MujocoGoalEnv):
 
     # -- hooks ----------------------------------------------------------------------
     def _apply_action(self, action: np.ndarray) -> None:
+        if np.array_equal(action[:2], action[2:]):  # a zero-length push moves nothing: no push at all
+            return
         self._load(self.data.qpos.copy(), self.data.qvel.copy())  # wakes what fell asleep
         start, end = action[:2] * WORKSPACE, action[2:] * WORKSPACE
         above, down = np.array([*start, LIFT_Z]), np.array([*start, PUSH_Z])

@@ -14,7 +14,14 @@ from wmplan.planners.cem import CEM, CEMConfig
 from wmplan.planners.gradient import GradientConfig, GradientPlanner
 from wmplan.planners.mppi import MPPI, MPPIConfig
 from wmplan.planners.objectives import ObjectiveConfig, WeightedSum, make_objective
-from wmplan.planners.random_shooting import RandomActions, RandomActionsConfig, RandomShooting, RandomShootingConfig
+from wmplan.planners.random_shooting import (
+    NoActions,
+    NoActionsConfig,
+    RandomActions,
+    RandomActionsConfig,
+    RandomShooting,
+    RandomShootingConfig,
+)
 
 PLANNERS: dict[str, tuple[type, type[Planner]]] = {
     "cem": (CEMConfig, CEM),
@@ -22,6 +29,7 @@ PLANNERS: dict[str, tuple[type, type[Planner]]] = {
     "gradient": (GradientConfig, GradientPlanner),
     "random_shooting": (RandomShootingConfig, RandomShooting),
     "random": (RandomActionsConfig, RandomActions),
+    "noop": (NoActionsConfig, NoActions),
 }
 
 

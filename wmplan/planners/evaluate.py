@@ -3,6 +3,7 @@
     wmplan-plan env=wall world_model=outputs/train/wall/checkpoints/latest.ckpt episodes=50
     wmplan-plan env=wall world_model=oracle planner=cem_dino_wm     # true simulator: the upper bound
     wmplan-plan env=wall world_model=random                          # random actions: the lower bound
+    wmplan-plan env=rope world_model=noop                            # zero actions: doing nothing
 
 Writes ``results.json`` (success rate, distances, per-episode records, planning time per
 replan, config, checkpoint hash), videos of the first episodes (executed | predicted by the
@@ -32,7 +33,7 @@ from wmplan.provenance import provenance
 from wmplan.report import write_evaluation_report
 
 CONFIG_DIR = str(_CONFIG_DIR)  # wmplan/configs, as the absolute string hydra.main needs
-BASELINES = ("oracle", "random")
+BASELINES = ("oracle", "random", "noop")
 
 
 def dataset_goals(path: str, n: int, offset: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -148,7 +149,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     every_episode = episodes_for(cfg, env)  # all are drawn from the seed, so a shard's are the same
     episodes = [every_episode[i] for i in episode_ids]
     encode_fn, make_rollout_fn, objective, wm = model_and_objective(cfg, env)
-    planner = build_planner({"name": "random"} if cfg.world_model == "random" else cfg.planner)
+    planner = build_planner({"name": cfg.world_model} if cfg.world_model in ("random", "noop") else cfg.planner)
     records = run_mpc(
         env, planner, objective, encode_fn, make_rollout_fn, episodes,
         budget_env_steps=cfg.budget_env_steps, execute_k=cfg.execute_k, horizon=cfg.horizon,

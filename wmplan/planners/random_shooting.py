@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 from wmplan.planners.base import (
@@ -38,6 +39,24 @@ class RandomShooting(Planner):
 @dataclass
 class RandomActionsConfig:
     name: str = "random"
+
+
+@dataclass
+class NoActionsConfig:
+    name: str = "noop"
+
+
+class NoActions(Planner):
+    """All-zero plans (hold still; on Rope/Granular a zero-length push, which pushes nothing):
+    the do-nothing baseline a planner must beat to have done anything useful."""
+
+    def __init__(self, cfg: NoActionsConfig):  # no knobs: the config only names it
+        super().__init__(max_batch=1)
+
+    def search(
+        self, rollout_fn: RolloutFn, objective: Objective, goal: Goal, init: Tensor, generator: Generators
+    ) -> PlanResult:
+        return self.result(rollout_fn, objective, goal, torch.zeros_like(init))
 
 
 class RandomActions(Planner):
