@@ -35,3 +35,24 @@ def test_write_json_atomic(tmp_path):
         write_json_atomic(path, {"a": object()})  # not JSON: the old file stays
     assert json.loads(path.read_text()) == {"b": 1, "a": [2]}
     assert list(tmp_path.iterdir()) == [path]
+
+
+def test_exclusive_lock_excludes_other_holders_until_released(tmp_path):
+    import fcntl
+
+    from wmplan.atomic import exclusive_lock
+
+    lock = tmp_path / "sub" / "x.lock"
+
+    def try_lock() -> bool:
+        with open(lock, "a") as other:  # a second open file: flock treats it as another holder
+            try:
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            fcntl.flock(other, fcntl.LOCK_UN)
+            return True
+
+    with exclusive_lock(lock):
+        assert lock.exists() and not try_lock()
+    assert try_lock()

@@ -3,6 +3,8 @@
     with atomic_path("out/video.gif") as tmp:
         iio.imwrite(tmp, frames)
     write_json_atomic("out/results.json", results)
+
+``exclusive_lock(path)`` serialises processes that would build the same output.
 """
 
 from __future__ import annotations
@@ -55,3 +57,22 @@ def fsync_path(path: str | os.PathLike) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@contextmanager
+def exclusive_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock on the file ``path`` (created if missing): processes that would
+    build the same output take turns. The OS releases it if the holder dies. Without fcntl
+    (Windows) no lock is taken: concurrent builders are not expected there."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

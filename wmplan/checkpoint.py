@@ -106,6 +106,32 @@ def read_checkpoint(path: str | Path, allow_legacy: bool = False, mmap: bool = F
     return ckpt
 
 
+def save_resume_point(path: str | Path, run: str, step: int, **state: Any) -> None:
+    """A trainer's resume point (tensors and plain values only), replaced atomically: ``run``
+    identifies the settings and data it belongs to, ``step`` the last step it holds."""
+    with atomic_path(path) as tmp:
+        torch.save({"run": run, "step": step, **state}, tmp)
+
+
+def load_resume_point(path: str | Path, run: str, what: str) -> dict[str, Any] | None:
+    """The resume point at ``path`` if it belongs to ``run``, else None (and says why): a run
+    killed before its first resume point, or one with other settings, starts over. Loaded
+    with ``weights_only``: no code runs."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated or foreign file: start over, say why
+        print(f"ignoring unreadable resume point {path} ({err}); starting from step 0")
+        return None
+    if not isinstance(state, dict) or state.get("run") != run:
+        print(f"resume point {path} belongs to other settings or data; starting from step 0")
+        return None
+    print(f"resuming {what} from step {state['step']} ({path})")
+    return state
+
+
 def _unsafe_global(err: Exception) -> str:
     """The global a refused pickle referenced, from torch's message (e.g. ``builtins.open``)."""
     found = re.search(r"GLOBAL ([\w.]+)", str(err))

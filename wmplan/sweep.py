@@ -33,21 +33,19 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import fcntl
 import hashlib
 import io
 import json
 import logging
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import hydra
 from hydra import compose
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from wmplan.atomic import atomic_path, write_json_atomic
+from wmplan.atomic import atomic_path, exclusive_lock, write_json_atomic
 from wmplan.cli import check_numbers, reports_user_errors
 from wmplan.config_dir import CONFIG_DIR
 from wmplan.report import write_sweep_report
@@ -102,7 +100,7 @@ def pretrain(cfg: DictConfig) -> None:
 
     recipe = [] if cfg.recipe is None else [f"experiment={cfg.recipe}"]
     out = pretrain_checkpoint(cfg).parents[1]
-    with locked(out.parent / "pretrain.lock"):
+    with exclusive_lock(out.parent / "pretrain.lock"):
         train(compose("train", [*env_overrides(cfg), *recipe, f"data.path={Path(cfg.data).absolute()}",
                                 f"training.max_steps={cfg.budget.pretrain_steps}", *cfg.train_overrides,
                                 *cfg.ablation.pretrain, f"out_dir={out}"]))
@@ -137,7 +135,7 @@ def prepare_codec(cfg: DictConfig, name: str | None) -> None:
     if name is None:
         return
     out = codec_dir(cfg, name)
-    with locked(out.parent / f"{name}.lock"):
+    with exclusive_lock(out.parent / f"{name}.lock"):
         if not out.exists():
             log.info(f"training the {name} codec into {out}")
             CODEC_TRAINERS[name](cfg, out)
@@ -154,18 +152,6 @@ def model_dir(cfg: DictConfig, overrides: Sequence[str]) -> Path:
     return Path(cfg.out_dir) / "models" / key
 
 
-@contextmanager
-def locked(path: Path) -> Iterator[None]:
-    """An exclusive lock file: two jobs that share a model train it once, one after the other."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def train_cell(cfg: DictConfig, spec: dict[str, Any]) -> Path:
     """Train (or resume to the budget) the cell's world model; returns its checkpoint."""
     from wmplan.train import train
@@ -175,7 +161,7 @@ def train_cell(cfg: DictConfig, spec: dict[str, Any]) -> Path:
         pretrain(cfg)  # resumes to its budget, or returns at once when done
     overrides = train_overrides(cfg, spec)
     out = model_dir(cfg, overrides)
-    with locked(out / "train.lock"):
+    with exclusive_lock(out / "train.lock"):
         (out / "overrides.json").parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / "overrides.json", overrides)
         return train(compose("train", [*overrides, f"out_dir={out}"]))
@@ -235,7 +221,7 @@ def plan_baselines(cfg: DictConfig) -> None:
         return
     folder = Path(cfg.out_dir) / "baselines"
     for name in BASELINES:
-        with locked(folder / f"{name}.lock"):
+        with exclusive_lock(folder / f"{name}.lock"):
             if not (folder / f"{name}.json").exists():
                 spec = {"sampler": {}, "plan": []}
                 write_json_atomic(folder / f"{name}.json", plan_cell(cfg, spec, Path(name), folder / name, evaluate))

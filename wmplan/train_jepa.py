@@ -5,9 +5,9 @@
 Clips of ``model.history + 1`` frames come from a dataset written by ``wmplan-collect``
 (``ClipDataset``). Loss: teacher-forced next-embedding MSE + ``sigreg_weight`` * SIGReg
 (``wmplan.models.jepa``). Every ``checkpoint_every`` steps the model and optimizer go to a
-resume point (one safetensors file, its JSON in the metadata, written atomically); a killed
-run continues from it bit for bit. The result is a folder (``config.json`` + ``model.safetensors``)
-for the ``jepa`` codec (``latent=jepa``) and for planning (``wmplan-plan world_model=jepa:<folder>``).
+resume point (``wmplan.checkpoint.save_resume_point``: tensors and plain values, written
+atomically, loaded with ``weights_only``); a killed run continues from it bit for bit. The
+result is a folder (``config.json`` + ``model.safetensors``) for the ``jepa`` codec (``latent=jepa``) and for planning (``wmplan-plan world_model=jepa:<folder>``).
 """
 
 from __future__ import annotations
@@ -28,14 +28,13 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
-from wmplan.atomic import atomic_path
+from wmplan.checkpoint import load_resume_point, save_resume_point
 from wmplan.cli import reports_user_errors
 from wmplan.config_dir import CONFIG_DIR
 from wmplan.hardware import autocast, check_precision, default_device, resolve_precision, tune_cpu_allocator
 from wmplan.models.jepa import JEPA, JEPAConfig, jepa_loss, load_jepa, save_jepa
 from wmplan.seeding import stream_seed
 
-RESUME_KEY = "wmplan_jepa_resume"
 
 
 @dataclass
@@ -103,7 +102,7 @@ def train_jepa(data: str | Path, out_dir: str | Path, model_cfg: dict, cfg: JEPA
     model = JEPA(model_cfg).to(device)
     start = time.perf_counter()
     out_dir = Path(out_dir)
-    resume = out_dir.with_name(f".{out_dir.name}.resume.safetensors")
+    resume = out_dir.with_name(f".{out_dir.name}.resume.pt")
     run = _run_id(cfg, model_cfg, info, frameskip)
     last = _fit(model, clips["train"], cfg, device, precision, resume, run)
     _recalibrate_batchnorm(model, clips["train"], cfg, device)
@@ -189,7 +188,7 @@ def _fit(model: JEPA, clips, cfg: JEPATrainConfig, device: torch.device, precisi
         if step % cfg.log_every == 0 or step == cfg.steps:
             print(f"step {step}/{cfg.steps}  loss {stats['loss']:.4f}  pred {stats['pred']:.4f}  sigreg {stats['sigreg']:.3f}")
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
-            _save_resume(resume, run, step, model, opt)
+            save_resume_point(resume, run, step, model=model.state_dict(), optimizer=opt.state_dict())
     model.eval()
     return stats
 
@@ -202,46 +201,14 @@ def _run_id(cfg: JEPATrainConfig, model_cfg: JEPAConfig, info: dict, frameskip: 
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _save_resume(path: Path, run: str, step: int, model: JEPA, opt: torch.optim.Optimizer) -> None:
-    """Model and AdamW state as tensors, the rest as JSON metadata: one file, replaced atomically."""
-    from safetensors.torch import save_file
-
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    opt_state = opt.state_dict()
-    for index, state in opt_state["state"].items():
-        for key, value in state.items():
-            tensors[f"optimizer.{index}.{key}"] = value.detach().cpu().contiguous()
-    meta = {"run": run, "step": step, "param_groups": opt_state["param_groups"]}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={RESUME_KEY: json.dumps(meta)})
-
-
 def _load_resume(path: Path, run: str, model: JEPA, opt: torch.optim.Optimizer) -> int:
     """Restore ``path`` if it belongs to this run; returns the step it holds (0: none)."""
-    from safetensors import safe_open
-
-    if not path.is_file():
+    state = load_resume_point(path, run, "JEPA training")
+    if state is None:
         return 0
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = json.loads((f.metadata() or {})[RESUME_KEY])
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as err:  # a truncated or foreign file: start over, say why
-        print(f"ignoring unreadable resume point {path} ({err}); starting from step 0")
-        return 0
-    if meta.get("run") != run:
-        print(f"resume point {path} belongs to other settings or data; starting from step 0")
-        return 0
-    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
-    state: dict[int, dict] = {}
-    for key, value in tensors.items():
-        if key.startswith("optimizer."):
-            _, index, name = key.split(".", 2)
-            state.setdefault(int(index), {})[name] = value
-    groups = [{**g, "betas": tuple(g["betas"])} for g in meta["param_groups"]]  # JSON made the tuple a list
-    opt.load_state_dict({"state": state, "param_groups": groups})
-    print(f"resuming JEPA training from step {meta['step']} ({path})")
-    return int(meta["step"])
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    return int(state["step"])
 
 
 def _sample(clips, n: int, seed: int) -> np.ndarray:

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
-from wmplan.atomic import atomic_path
+from wmplan.checkpoint import load_resume_point, save_resume_point
 from wmplan.cli import reports_user_errors
 from wmplan.config_dir import CONFIG_DIR
 from wmplan.hardware import autocast, check_precision, default_device, tune_cpu_allocator
@@ -153,10 +153,8 @@ def _fit(vae, frames: np.ndarray, cfg: VAETrainConfig, device: torch.device, res
         if step % cfg.log_every == 0 or step == cfg.steps:
             print(f"step {step}/{cfg.steps}  loss {loss.item():.4f}  {cfg.recon_loss} {rec.item():.4f}  kl {kl.item():.3f}")
         if resume is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
-            state = {"run": run_id, "step": step, "vae": vae.state_dict(), "optimizer": opt.state_dict(),
-                     "generator": gen.get_state()}
-            with atomic_path(resume) as tmp:
-                torch.save(state, tmp)
+            save_resume_point(resume, run_id, step, vae=vae.state_dict(), optimizer=opt.state_dict(),
+                              generator=gen.get_state())
     vae.eval()
 
 
@@ -171,20 +169,12 @@ def _run_id(cfg: VAETrainConfig, frames: np.ndarray) -> str:
 
 def _load_resume(resume: Path, run_id: str, vae, opt: torch.optim.Optimizer, gen: torch.Generator) -> int:
     """Restore ``resume`` if it belongs to this run; returns the step it holds (0: none)."""
-    if not resume.is_file():
-        return 0
-    try:
-        state = torch.load(resume, map_location="cpu", weights_only=True)
-    except Exception as err:  # a truncated or foreign file: start over, say why
-        print(f"ignoring unreadable resume point {resume} ({err}); starting from step 0")
-        return 0
-    if state.get("run") != run_id:
-        print(f"resume point {resume} belongs to other settings or data; starting from step 0")
+    state = load_resume_point(resume, run_id, "VAE training")
+    if state is None:
         return 0
     vae.load_state_dict(state["vae"])
     opt.load_state_dict(state["optimizer"])
     gen.set_state(state["generator"])
-    print(f"resuming VAE training from step {state['step']} ({resume})")
     return int(state["step"])
 
 

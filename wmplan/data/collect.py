@@ -28,7 +28,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import gymnasium as gym
 import hydra
@@ -90,18 +92,31 @@ def collect(
 
 def _collect_range(env: gym.Env, info: dict, out: Path, start: int, stop: int, shard_episodes: int, bar: tqdm) -> None:
     """Collect episodes ``[start, stop)``, committing a shard every ``shard_episodes``."""
+
+    def episodes() -> Iterator[EpisodeBuffer]:
+        for i in range(start, stop):
+            yield _run_episode(env, info["policy"], info["seed"], i)
+            bar.update(1)
+
+    write_in_shards(episodes(), out, start, shard_episodes, env, info)
+
+
+def write_in_shards(episodes: Iterable[EpisodeBuffer], out: Path, start: int, shard_episodes: int,
+                    spaces: Any, info: dict) -> None:
+    """Commit ``episodes`` (the dataset's episodes from index ``start`` on) as shards of
+    ``shard_episodes``; on an exception or Ctrl-C the episodes already finished are committed
+    too. ``spaces`` has the dataset's ``observation_space`` and ``action_space`` (an env)."""
     pending: list[EpisodeBuffer] = []
     try:
-        for i in range(start, stop):
-            pending.append(_run_episode(env, info["policy"], info["seed"], i))
-            bar.update(1)
+        for episode in episodes:
+            pending.append(episode)
             if len(pending) == shard_episodes:
                 batch, pending = pending, []
-                _write_shard(out, start, batch, env, info)
+                _write_shard(out, start, batch, spaces, info)
                 start += len(batch)
     finally:
-        if pending:  # an exception or Ctrl-C: keep the episodes that did finish
-            _write_shard(out, start, pending, env, info)
+        if pending:
+            _write_shard(out, start, pending, spaces, info)
 
 
 def _dataset_info(env_cfg: EnvConfig, env: gym.Env, policy: str, seed: int) -> dict:

@@ -45,7 +45,7 @@ from PIL import Image
 
 import wmplan
 from wmplan.cli import reports_user_errors
-from wmplan.data.collect import _prepare, _write_shard
+from wmplan.data.collect import _prepare, write_in_shards
 from wmplan.data.dataset import FORMAT, load_dataset_info
 
 FORMATS = ("lerobot", "mp4", "video", "dino_wm")
@@ -568,18 +568,9 @@ def import_dataset(
     )
     from tqdm import tqdm
 
-    pending: list[EpisodeBuffer] = []
-    start = done
-    try:
-        for ep in tqdm(src.episodes(done, resolution, fit), initial=done, disable=not progress, desc=f"import {src.format}"):
-            pending.append(_buffer(ep))
-            if len(pending) == shard_episodes:
-                batch, pending = pending, []
-                _write_shard(out, start, batch, spaces, info)
-                start += len(batch)
-    finally:
-        if pending:  # an error or Ctrl-C: keep the episodes that were read
-            _write_shard(out, start, pending, spaces, info)
+    episodes = (_buffer(ep) for ep in tqdm(src.episodes(done, resolution, fit), initial=done, disable=not progress,
+                                           desc=f"import {src.format}"))
+    write_in_shards(episodes, out, done, shard_episodes, spaces, info)
     return out
 
 

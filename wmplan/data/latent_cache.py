@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 from collections.abc import Sequence
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,7 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from wmplan.atomic import write_json_atomic
+from wmplan.atomic import exclusive_lock, write_json_atomic
 from wmplan.models.codecs import LatentCodec
 
 CACHE_VERSION = 1
@@ -127,7 +126,7 @@ def _build(frames: Sequence[dict], codec: LatentCodec, folder: Path, batch_size:
     """
     folder.parent.mkdir(parents=True, exist_ok=True)
     lock = folder.parent / f".{folder.name}.lock"
-    with _exclusive(lock):
+    with exclusive_lock(lock):
         if folder.is_dir():  # another builder finished while we waited
             return
         partial = folder.with_name(f".partial-{folder.name}")
@@ -170,22 +169,6 @@ def _rows_done(partial: Path, key: str, shape: tuple[int, ...]) -> int:
     if progress.get("key") != key or latents.shape != shape:
         return 0
     return int(progress["rows"])
-
-
-@contextmanager
-def _exclusive(lock: Path):
-    """Hold an exclusive lock on ``lock`` (released by the OS if the process dies)."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: no concurrent builders expected
-        yield
-        return
-    with open(lock, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _dataset_stamp(frames: Sequence[dict]) -> str:
