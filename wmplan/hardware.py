@@ -66,29 +66,35 @@ def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str
 
 
 @functools.lru_cache(maxsize=None)
-def bf16_speedup(device_type: str = "cpu", size: int = 256) -> float:
+def bf16_speedup(device_type: str = "cpu", size: int = 256, max_rounds: int = 10, seconds: float = 0.05) -> float:
     """How many times faster a ``size``-square bf16 matmul runs than fp32 on ``device_type``.
 
-    Tens of milliseconds, measured once per process. Each precision gets an untimed warm-up
-    (kernel selection, JIT), then the fastest of three runs counts; an emulated bf16 stops
-    after one timed run, which already settles the answer.
+    A few milliseconds, measured once per process. After two untimed warm-ups per precision
+    (kernel selection, JIT), rounds time one fp32 and one bf16 matmul back to back, and the
+    fastest run of each counts: a preempted run (a busy machine) then hits both precisions alike
+    and the minimum discards it. A single timed run per precision was not enough: on an idle
+    Zen 5 core the ratio spread from 1.2 to 4.6 over eight processes, and once read 0.03 and
+    chose fp32 for a whole sweep. Stops after ``max_rounds``, or after three rounds once
+    ``seconds`` have passed or bf16 is over 10x slower (emulated: the answer is settled).
     """
     device = torch.device(device_type)
     a32 = torch.randn(size, size, device=device)
-    seconds = {}
-    for dtype in (torch.float32, torch.bfloat16):
-        a = a32.to(dtype)
-        times = []
-        for i in range(4):
-            start = time.perf_counter()
+    operands = (a32, a32.to(torch.bfloat16))
+    for a in operands * 2:  # warm-up
+        a @ a
+    synchronize(device)
+    fastest = {a.dtype: float("inf") for a in operands}
+    start = time.perf_counter()
+    for done in range(1, max_rounds + 1):
+        for a in operands:
+            t = time.perf_counter()
             a @ a
             synchronize(device)
-            if i:  # the first run is the warm-up
-                times.append(time.perf_counter() - start)
-            if dtype == torch.bfloat16 and times and times[-1] > 4 * seconds[torch.float32]:
-                break
-        seconds[dtype] = min(times)
-    return seconds[torch.float32] / seconds[torch.bfloat16]
+            fastest[a.dtype] = min(fastest[a.dtype], time.perf_counter() - t)
+        emulated = fastest[torch.bfloat16] > 10 * fastest[torch.float32]
+        if done >= 3 and (emulated or time.perf_counter() - start > seconds):
+            break
+    return fastest[torch.float32] / fastest[torch.bfloat16]
 
 
 def synchronize(device: torch.device) -> None:
