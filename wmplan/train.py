@@ -100,7 +100,9 @@ class AtomicCheckpoints(Callback):
     def save(self, trainer: L.Trainer, name: str) -> Path:
         self.dir.mkdir(parents=True, exist_ok=True)
         final, tmp = self.dir / name, self.dir / f".{name}.tmp"
-        trainer.save_checkpoint(tmp)  # every rank must call; rank 0 writes
+        # A resume point keeps the optimizer and loop state (weights_only=False). Every value is a
+        # tensor or plain container still, so it loads with torch.load(weights_only=True).
+        trainer.save_checkpoint(tmp, weights_only=False)  # every rank must call; rank 0 writes
         if trainer.is_global_zero:
             os.replace(tmp, final)
         return final
