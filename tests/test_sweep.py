@@ -162,7 +162,8 @@ def test_vid2world_cell_pretrains_causalizes_and_evaluates_with_guidance(wall_da
 
 def test_report_keeps_the_ablation_order(tmp_path):
     def cell(name, psnr):
-        quality = {"model": {"psnr": psnr, "psnr_per_frame": [psnr + 1, psnr]}, "copy_last": {"psnr": 20.0, "psnr_per_frame": [21.0, 20.0]}}
+        quality = {"model": {"psnr": psnr, "psnr_per_frame": [psnr + 1, psnr]}, "copy_last": {"psnr": 20.0, "psnr_per_frame": [21.0, 20.0]},
+                   "reconstruction": {"psnr": 30.0, "psnr_per_frame": [30.0, 30.0]}}
         return {"ablation": "size", "cell": name, "env": "wall", "train": [f"model={name}"], "quality": quality,
                 "sensitivity": {"latent_mse": {"ground_truth": 0.1, "zero": 0.3, "random": 0.5}},
                 "plan": {"success_rate": 0.5, "success_ci95": [0.3, 0.7], "mean_final_distance": 2.0, "plan_time_mean_s": 1.5}}
@@ -176,7 +177,7 @@ def test_report_keeps_the_ablation_order(tmp_path):
     assert [r["cell"] for r in rows] == ["tiny", "mini"] and rows[1]["psnr_last_step"] == 25.0
     md = (tmp_path / "sweep.md").read_text()
     assert "Expected (Nano World Models): bigger is better" in md and md.index("| tiny |") < md.index("| mini |")
-    assert "| 0.50 [0.30-0.70] |" in md and "0.1 / 0.3 / 0.5" in md and "| *oracle* | (baseline) | 0.90 [0.80-1.00] |" in md
+    assert "| 0.50 [0.30-0.70] |" in md and "0.1 / 0.3 / 0.5" in md and "25.00 (20.00 / 30.00)" in md and "| *oracle* | (baseline) | 0.90 [0.80-1.00] |" in md
     assert [f.name for f in linked_files(tmp_path / "report.html")] == ["sweep.png"]  # no plan reports here
     text = parse(tmp_path / "report.html").text
     assert text.index("tiny") < text.index("mini") < text.index("oracle (baseline)") and "bigger is better" in " ".join(text)

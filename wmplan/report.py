@@ -160,7 +160,7 @@ def write_evaluation_report(path: str | os.PathLike, results: Mapping[str, Any],
 
 # -- a sweep --------------------------------------------------------------------------------
 SWEEP_COLUMNS = ("cell", "training overrides", "success", "success_ci95", "final_distance", "s_per_replan", "psnr",
-                 "copy_last_psnr", "psnr_last_step", "rf_fvd", "copy_last_rf_fvd", "latent_mse_true", "latent_mse_zero",
+                 "copy_last_psnr", "codec_psnr", "psnr_last_step", "rf_fvd", "copy_last_rf_fvd", "latent_mse_true", "latent_mse_zero",
                  "latent_mse_random", "tracking_rmse", "stay_rmse", "plan report")
 
 
