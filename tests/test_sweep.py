@@ -176,7 +176,7 @@ def test_report_keeps_the_ablation_order(tmp_path):
     rows = write_report(tmp_path, ["tiny", "mini", "S"], "bigger is better")
     assert [r["cell"] for r in rows] == ["tiny", "mini"] and rows[1]["psnr_last_step"] == 25.0
     md = (tmp_path / "sweep.md").read_text()
-    assert "Expected (Nano World Models): bigger is better" in md and md.index("| tiny |") < md.index("| mini |")
+    assert "Expected: bigger is better" in md and md.index("| tiny |") < md.index("| mini |")
     assert "| 0.50 [0.30-0.70] |" in md and "0.1 / 0.3 / 0.5" in md and "25.00 (20.00 / 30.00)" in md and "| *oracle* | (baseline) | 0.90 [0.80-1.00] |" in md
     assert [f.name for f in linked_files(tmp_path / "report.html")] == ["sweep.png"]  # no plan reports here
     text = parse(tmp_path / "report.html").text

@@ -180,6 +180,6 @@ def write_sweep_report(out_dir: str | os.PathLike, cells: Sequence[Mapping[str, 
                     "plan report": anchor(out_dir / "baselines" / name / "report.html", page, "report")}
                    for name, b in baselines.items()]
     plot = out_dir / "sweep.png"
-    body = ((f"<p>Expected (Nano World Models): {html.escape(finding)}</p>" if finding else "")
+    body = ((f"<p>Expected: {html.escape(finding)}</p>" if finding else "")
             + table(table_rows, SWEEP_COLUMNS) + (media(plot, page) if plot.exists() else ""))
     return write_page(page, f"Ablation {cells[0]['ablation']} on {cells[0]['env']}", body)

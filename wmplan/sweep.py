@@ -314,7 +314,7 @@ def fmt(value: Any, digits: int = 3) -> str:
 def markdown_table(cells: list[dict[str, Any]], rows: list[dict[str, Any]], finding: str,
                    baselines: dict[str, dict[str, Any]]) -> str:
     c0 = cells[0]
-    head = (f"# Ablation `{c0['ablation']}` on {c0['env']}\n\n" + (f"Expected (Nano World Models): {finding}\n\n" if finding else "")
+    head = (f"# Ablation `{c0['ablation']}` on {c0['env']}\n\n" + (f"Expected: {finding}\n\n" if finding else "")
             + "| cell | training overrides | success [95% CI] | final dist | s/replan | PSNR (copy-last / codec) | PSNR last step | rf-FVD (copy-last) "
             "| latent MSE true / zero / random actions | plan tracking RMSE (stay) |\n|---|---|---|---|---|---|---|---|---|---|\n")
     lines = []
