@@ -15,6 +15,7 @@ from hydra import compose, initialize_config_dir
 from test_report import linked_files, parse
 
 from wmplan.config_dir import CONFIG_DIR
+from wmplan.report import cell_setting
 from wmplan.sweep import cell_spec, model_dir, run_cell, train_overrides, write_report
 
 ABLATIONS = sorted(p.stem for p in (CONFIG_DIR / "ablation").glob("*.yaml"))
@@ -181,6 +182,13 @@ def test_report_keeps_the_ablation_order(tmp_path):
     assert [f.name for f in linked_files(tmp_path / "report.html")] == ["sweep.png"]  # no plan reports here
     text = parse(tmp_path / "report.html").text
     assert text.index("tiny") < text.index("mini") < text.index("oracle (baseline)") and "bigger is better" in " ".join(text)
+
+
+def test_cell_setting_names_what_sets_a_cell_apart():
+    guided = {"train": ["diffusion.action_dropout=0.2"], "init": "masked", "codec": None, "sampler": {"guidance_scale": 2.5}}
+    assert cell_setting(guided) == "init=masked diffusion.action_dropout=0.2 sampler.guidance_scale=2.5"
+    assert cell_setting({"train": [], "codec": "jepa", "init": None, "sampler": {}}) == "codec=jepa"
+    assert cell_setting({"train": [], "sampler": {}}) == "(recipe)"
 
 
 def test_multirun_command_runs_the_cells_then_reports(wall_data, tmp_path):

@@ -159,7 +159,15 @@ def write_evaluation_report(path: str | os.PathLike, results: Mapping[str, Any],
 
 
 # -- a sweep --------------------------------------------------------------------------------
-SWEEP_COLUMNS = ("cell", "training overrides", "success", "success_ci95", "final_distance", "s_per_replan", "psnr",
+def cell_setting(cell: Mapping[str, Any]) -> str:
+    """What sets a cell apart: its codec, weight transfer, training overrides and sampler fields."""
+    parts = [f"codec={cell['codec']}"] if cell.get("codec") else []
+    parts += [f"init={cell['init']}"] if cell.get("init") else []
+    parts += list(cell["train"]) + [f"sampler.{k}={v}" for k, v in (cell.get("sampler") or {}).items()]
+    return " ".join(parts) or "(recipe)"
+
+
+SWEEP_COLUMNS = ("cell", "setting", "success", "success_ci95", "final_distance", "s_per_replan", "psnr",
                  "copy_last_psnr", "codec_psnr", "psnr_last_step", "rf_fvd", "copy_last_rf_fvd", "latent_mse_true", "latent_mse_zero",
                  "latent_mse_random", "tracking_rmse", "stay_rmse", "plan report")
 
@@ -171,7 +179,7 @@ def write_sweep_report(out_dir: str | os.PathLike, cells: Sequence[Mapping[str, 
     ``sweep.png``, and a link to each cell's plan report."""
     out_dir = Path(out_dir)
     page = out_dir / "report.html"
-    table_rows = [{**r, "training overrides": " ".join(c["train"]) or "(recipe)",
+    table_rows = [{**r, "setting": cell_setting(c),
                    "plan report": anchor(out_dir / "cells" / str(c["cell"]) / "plan" / "report.html", page, "report")}
                   for c, r in zip(cells, rows)]
     table_rows += [{"cell": f"{name} (baseline)", "success": b["success_rate"],

@@ -48,7 +48,7 @@ from omegaconf import DictConfig, OmegaConf
 from wmplan.atomic import atomic_path, exclusive_lock, write_json_atomic
 from wmplan.cli import check_numbers, reports_user_errors
 from wmplan.config_dir import CONFIG_DIR
-from wmplan.report import write_sweep_report
+from wmplan.report import cell_setting, write_sweep_report
 
 log = logging.getLogger(__name__)
 CELL_FILE = "cell.json"
@@ -315,13 +315,13 @@ def markdown_table(cells: list[dict[str, Any]], rows: list[dict[str, Any]], find
                    baselines: dict[str, dict[str, Any]]) -> str:
     c0 = cells[0]
     head = (f"# Ablation `{c0['ablation']}` on {c0['env']}\n\n" + (f"Expected: {finding}\n\n" if finding else "")
-            + "| cell | training overrides | success [95% CI] | final dist | s/replan | PSNR (copy-last / codec) | PSNR last step | rf-FVD (copy-last) "
+            + "| cell | setting | success [95% CI] | final dist | s/replan | PSNR (copy-last / codec) | PSNR last step | rf-FVD (copy-last) "
             "| latent MSE true / zero / random actions | plan tracking RMSE (stay) |\n|---|---|---|---|---|---|---|---|---|---|\n")
     lines = []
     for cell, r in zip(cells, rows):
         success = "-" if r["success"] is None else f"{r['success']:.2f} [{r['success_ci95']}]"
         psnr = "-" if r["psnr"] is None else f"{r['psnr']:.2f} ({r['copy_last_psnr']:.2f} / {r['codec_psnr']:.2f})"
-        lines.append(f"| {r['cell']} | `{' '.join(cell['train']) or '(recipe)'}` | {success} | {fmt(r['final_distance'])} | "
+        lines.append(f"| {r['cell']} | `{cell_setting(cell)}` | {success} | {fmt(r['final_distance'])} | "
                      f"{fmt(r['s_per_replan'])} | {psnr} | {fmt(r['psnr_last_step'], 4)} | "
                      + ("-" if r["rf_fvd"] is None else f"{r['rf_fvd']:.3g} ({r['copy_last_rf_fvd']:.3g})") + " | "
                      f"{fmt(r['latent_mse_true'])} / {fmt(r['latent_mse_zero'])} / {fmt(r['latent_mse_random'])} | "
