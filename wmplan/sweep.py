@@ -354,6 +354,22 @@ def plot(cells: list[dict[str, Any]], baselines: dict[str, dict[str, Any]], path
         quality.legend(fontsize=8)
     quality.set(xlabel="rollout step", ylabel="PSNR (dB)", title="prediction quality")
     planned = [c for c in cells if c.get("plan")]
+    if planned:
+        plot_success(success, speed, planned, baselines)
+    else:  # a sweep without MPC (budget.plan_episodes=0): video quality in the middle panel instead
+        scored = [c for c in with_quality if "video_metrics" in c["quality"]]
+        success.bar([c["cell"] for c in scored], [c["quality"]["video_metrics"]["model"]["rf_fvd"] for c in scored])
+        success.set(ylabel="rf-FVD (lower is better)", title="rf-FVD, not comparable to published FVD")
+        success.tick_params(axis="x", labelrotation=30, labelsize=8)
+        speed.set_visible(False)
+    fig.suptitle(f"ablation {cells[0]['ablation']} on {cells[0]['env']}")
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=100)
+    plt.close(fig)
+
+
+def plot_success(success, speed, planned: list[dict[str, Any]], baselines: dict[str, dict[str, Any]]) -> None:
+    """Success bars with 95% intervals and the baselines; success against seconds per replan."""
     rates = [c["plan"]["success_rate"] for c in planned]
     errors = [[r - c["plan"]["success_ci95"][0] for r, c in zip(rates, planned)],
               [c["plan"]["success_ci95"][1] - r for r, c in zip(rates, planned)]]
@@ -367,13 +383,9 @@ def plot(cells: list[dict[str, Any]], baselines: dict[str, dict[str, Any]], path
         speed.scatter(c["plan"]["plan_time_mean_s"], c["plan"]["success_rate"])
         speed.annotate(c["cell"], (c["plan"]["plan_time_mean_s"], c["plan"]["success_rate"]), fontsize=8)
     times = [c["plan"]["plan_time_mean_s"] for c in planned]
-    if times and max(times) > 10 * min(times):  # a log axis only where the costs span a decade
+    if max(times) > 10 * min(times):  # a log axis only where the costs span a decade
         speed.set_xscale("log")
     speed.set(ylim=(0, 1.05), xlabel="seconds per replan", ylabel="MPC success", title="success vs cost")
-    fig.suptitle(f"ablation {cells[0]['ablation']} on {cells[0]['env']}")
-    fig.tight_layout()
-    fig.savefig(path, format="png", dpi=100)
-    plt.close(fig)
 
 
 class WriteReport(Callback):
