@@ -290,6 +290,12 @@ def test_predictor_rollouts_batch_candidates_independently(jepa_folder, wall_dat
     torch.testing.assert_close(pred[0, 0, 0, :, 0, 0], first[0, 0])
     with pytest.raises(ValueError, match="NaN or inf"):
         rollout(torch.full((1, 1, 1, 10), float("nan")))
+    # WorldModel.rollout's contract (for the diagnostics): the same prediction; clips encode frame by frame.
+    torch.testing.assert_close(wm.rollout(context, actions, sampler=None, seed=3)["latents"], pred)
+    single = {"latents": enc["latents"][1:], "actions": None}  # one context frame, no actions between
+    torch.testing.assert_close(wm.rollout(single, actions)["latents"],
+                               wm.make_rollout_fn({"latents": enc["latents"][None, 1:], "actions": torch.zeros(1, 0, 10)})(actions)["latents"])
+    torch.testing.assert_close(wm.encode({"pixels": obs["pixels"][None]})["latents"][0], enc["latents"])
 
 
 def test_predictor_plans_through_wmplan_plan(jepa_folder, tmp_path):

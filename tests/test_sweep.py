@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import RESOLUTION
 from hydra import compose, initialize_config_dir
+from omegaconf import open_dict
 from test_report import linked_files, parse
 
 from wmplan.config_dir import CONFIG_DIR
@@ -53,12 +54,18 @@ def test_ablation_cells_are_swept_and_compose(ablation):
     for cell in cells:
         cfg.cell = cell
         spec = cell_spec(cfg)
+        if spec["world_model"] == "codec":  # plans with the JEPA's own predictor: nothing to train
+            assert (ablation, cell, spec["codec"]) == ("latent", "jepa_predictor", "jepa")
+            assert spec["plan"] == ["objective=dino_wm_maze"]  # no proprio term: the predictor has none
+            continue
         overrides = train_overrides(cfg, spec)
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             train_cfg = compose("train", overrides)
-        assert train_cfg.env.name == "wall" and train_cfg.latent.pixel_size == 64  # the recipe is applied
-        if ablation == "latent":
-            assert train_cfg.latent.name == cell and (cell == "pixels") == (train_cfg.model.patch_size == 16)
+        assert train_cfg.env.name == "wall"  # the recipe is applied
+        assert train_cfg.latent.pixel_size == (32 if (ablation, cell) == ("latent", "pixels") else 64)
+        if ablation == "latent":  # 4x4 tokens per frame (32 px pixels, 16x16 VAE latents), the JEPA's one
+            assert train_cfg.latent.name == cell
+            assert train_cfg.model.patch_size == {"pixels": 8, "trained_vae": 4, "jepa": 1}.get(cell, 4)
         dirs.add(model_dir(cfg, overrides))
         if ablation == "objective":
             assert train_cfg.diffusion.objective == cell and train_cfg.diffusion.timestep_sampling == "uniform"
@@ -72,7 +79,7 @@ def test_ablation_cells_are_swept_and_compose(ablation):
             assert train_cfg.model.temporal_conv == 3 and train_cfg.diffusion.action_dropout == 0.2
             assert (train_cfg.training.causalize is None) == cell.startswith("scratch")
     # One model per training: the sampling-steps cells share one, guided cells their unguided twin's.
-    assert len(dirs) == {"sampling_steps": 1, "vid2world": 4}.get(ablation, len(cells))
+    assert len(dirs) == {"sampling_steps": 1, "vid2world": 4, "latent": len(cells) - 1}.get(ablation, len(cells))
 
 
 def test_unknown_cell_is_refused(tmp_path):
@@ -145,6 +152,39 @@ def test_latent_cell_trains_its_codec_first(codec, patch, wall_data, tmp_path):
     assert WorldModel.from_checkpoint(result["checkpoint"]).module.codec.cfg.name == codec
 
 
+def test_jepa_predictor_cell_plans_with_the_codecs_own_predictor(wall_data, tmp_path):
+    """world_model: codec: no NanoWM is trained; the JEPA codec's predictor is measured (action
+    sensitivity in its latent) and plans, sharing the codec with the jepa cell."""
+    out = tmp_path / "sweep"
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        codec = [o for o in CODEC_OVERRIDES["jepa"] if o != "train.steps=2"] + [  # enough to open adaLN-Zero's gates
+            "train.steps=10", "train.warmup_steps=1", "train.lr=3e-3"]
+        cfg = compose("sweep", [*sweep_overrides(wall_data, out), "ablation=latent", "cell=jepa_predictor",
+                                f"codec_overrides.jepa={quoted(codec)}", "baselines=false"])
+        result = run_cell(cfg)
+    assert result["checkpoint"] == f"jepa:{(out / 'codecs' / 'jepa').absolute()}" and not (out / "models").exists()
+    assert result["quality"] is None and result["tracking"] is None and result["sensitivity"]["sampler"] is None
+    mse = result["sensitivity"]["latent_mse"]
+    assert len({mse["ground_truth"], mse["zero"], mse["random"]}) == 3  # the predictor reads its actions
+    assert result["plan"]["episodes"] == 2
+    plan = json.loads((out / "cells" / "jepa_predictor" / "plan" / "results.json").read_text())
+    assert plan["config"]["objective"]["proprio_weight"] == 0 and plan["config"]["world_model"] == result["checkpoint"]
+    assert "world_model=codec (its own predictor)" in (out / "sweep.md").read_text()
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"codec": "trained_vae", "world_model": "codec"}, "needs codec: jepa"),
+    ({"codec": "jepa", "world_model": "codec", "train": ["model=tiny"]}, "needs codec: jepa and no train"),
+    ({"codec": "jepa", "world_model": "nanowm"}, "world_model must be codec"),
+])
+def test_bad_world_model_cells_are_refused(spec, message):
+    cfg = sweep_config(["ablation=latent", "cell=bad"])
+    with open_dict(cfg):
+        cfg.ablation.cells["bad"] = spec
+    with pytest.raises(ValueError, match=message):
+        cell_spec(cfg)
+
+
 def test_vid2world_cell_pretrains_causalizes_and_evaluates_with_guidance(wall_data, tmp_path):
     """init: the ablation's action-free, non-causal model is trained once, then causalized and
     post-trained; the cell's sampler (guidance) is used for its measurements."""
@@ -189,6 +229,8 @@ def test_cell_setting_names_what_sets_a_cell_apart():
     assert cell_setting(guided) == "init=masked diffusion.action_dropout=0.2 sampler.guidance_scale=2.5"
     assert cell_setting({"train": [], "codec": "jepa", "init": None, "sampler": {}}) == "codec=jepa"
     assert cell_setting({"train": [], "sampler": {}}) == "(recipe)"
+    predictor = {"train": [], "codec": "jepa", "world_model": "codec", "plan_overrides": ["objective=dino_wm_maze"]}
+    assert cell_setting(predictor) == "codec=jepa world_model=codec (its own predictor) plan: objective=dino_wm_maze"
 
 
 def test_multirun_command_runs_the_cells_then_reports(wall_data, tmp_path):

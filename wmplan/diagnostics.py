@@ -166,8 +166,10 @@ def action_sensitivity(wm: WorldModel, dataset_path: str | Path, n_clips: int = 
     (no prediction at all). For a model with proprio, ``proprio_mse`` is the same for its
     predicted proprio (the planner's proprio term), in normalised (z-score) units. ``action_embedding_rms``
     is the model's action embedding RMS for each action set. A model that ignores actions shows
-    equal distances. ``sampler`` defaults to the world model's planning sampler.
+    equal distances. ``sampler`` defaults to the world model's planning sampler. ``wm`` may also
+    be a JEPA's own predictor (``JEPAWorldModel``: deterministic, no proprio, no sampler).
     """
+    sampler = sampler or wm.sampler
     clips = validation_clips(wm, dataset_path, n_clips, 1 + predicted, seed)
     names = ("ground_truth", "zero", "random")
     keys = ("latents", "proprio") if wm.uses_proprio else ("latents",)
@@ -186,7 +188,7 @@ def action_sensitivity(wm: WorldModel, dataset_path: str | Path, n_clips: int = 
             mse[key]["context"] += float(((enc[key][:, 0] - enc[key][:, -1]) ** 2).mean()) * b
     return {
         "clips": n, "predicted_frames": predicted, "seed": seed,
-        "sampler": dataclasses.asdict(sampler or wm.sampler),
+        "sampler": None if sampler is None else dataclasses.asdict(sampler),
         "latent_mse": {k: v / n for k, v in mse["latents"].items()},
         "proprio_mse": {k: v / n for k, v in mse["proprio"].items()} if wm.uses_proprio else None,
         "action_embedding_rms": {k: math.sqrt(v / n) for k, v in rms.items()},

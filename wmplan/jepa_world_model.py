@@ -10,6 +10,8 @@ As in LeWorldModel, the context is encoded once per replan (by ``encode``) and a
 candidates of all B episodes run as one batch of B * S sequences through the predictor,
 autoregressively over the last ``history`` embeddings. No noise: the seeds are ignored.
 There is no proprio prediction, so objectives must leave ``proprio_weight`` at 0.
+``rollout(context, actions)`` is ``WorldModel.rollout``'s contract, so the diagnostics
+(``wmplan.diagnostics.action_sensitivity``) measure it as they measure a NanoWM.
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ PREFIX = "jepa:"
 
 class JEPAWorldModel:
     """Encode observations with a JEPA's encoder; roll candidates out with its predictor."""
+
+    uses_proprio = False
+    sampler = None  # deterministic: nothing to sample
 
     def __init__(self, model: JEPA, config: dict, precision: str = "auto", checkpoint_hash: str | None = None):
         self.model = model.eval().requires_grad_(False)
@@ -58,13 +63,16 @@ class JEPAWorldModel:
 
     @torch.no_grad()
     def encode(self, obs: dict[str, Any]) -> Goal:
-        """obs pixels uint8 [N, H, W, 3] -> latents [N, D, r, r] (float32), proprio None."""
+        """obs pixels uint8 [N, H, W, 3] (or [N, T, H, W, 3]) -> latents [N, (T,) D, r, r]
+        (float32), proprio None."""
         pixels = torch.as_tensor(np.asarray(obs["pixels"]))
-        if pixels.dtype != torch.uint8 or pixels.ndim != 4:
-            raise ValueError(f"JEPA world model expects pixels uint8 [N, H, W, 3], got {pixels.dtype} {list(pixels.shape)}")
+        if pixels.dtype != torch.uint8 or pixels.ndim not in (4, 5):
+            raise ValueError(f"JEPA world model expects pixels uint8 [N, (T,) H, W, 3], got {pixels.dtype} {list(pixels.shape)}")
+        lead = pixels.shape[:-3]
         with autocast(self.precision, self.device):
-            z = self.model.encode(pixels.to(self.device).permute(0, 3, 1, 2))  # [N, K, D]
-        return {"latents": tokens_to_latents(z.float()), "proprio": None}
+            z = self.model.encode(pixels.reshape(-1, *pixels.shape[-3:]).to(self.device).permute(0, 3, 1, 2))  # [N*T, K, D]
+        latents = tokens_to_latents(z.float())  # [N*T, D, r, r]
+        return {"latents": latents.reshape(*lead, *latents.shape[1:]), "proprio": None}
 
     def make_rollout_fn(self, context: dict[str, Any]) -> RolloutFn:
         """Rollouts from ``context`` latents [B, T, D, r, r] and actions [B, T-1, Aw]."""
@@ -76,11 +84,22 @@ class JEPAWorldModel:
         z0, a0 = z0[:, -self.history:], a0[:, max(0, T - self.history):]  # the frames the predictor sees
 
         def rollout(actions: torch.Tensor) -> Prediction:
-            return self.rollout(z0, a0, actions)
+            return self.roll_tokens(z0, a0, actions)
 
         return rollout
 
-    def rollout(self, z0: torch.Tensor, a0: torch.Tensor, actions: torch.Tensor) -> Prediction:
+    def rollout(self, context: dict[str, Any], actions: torch.Tensor, sampler: Any = None, seed: Any = 0) -> Prediction:
+        """``WorldModel.rollout``'s contract: context latents [B, D, r, r] or [B, Tc, D, r, r]
+        (+ the actions between context frames [B, Tc-1, Aw]), actions [B, S, H, Aw] -> latents
+        [B, S, H, D, r, r], proprio None. ``sampler`` and ``seed`` are ignored: nothing is sampled."""
+        latents = context["latents"]
+        latents = latents[:, None] if latents.ndim == 4 else latents  # [B, Tc, D, r, r]
+        between = context.get("actions")
+        if between is None:
+            between = torch.zeros(latents.shape[0], latents.shape[1] - 1, self.action_dim)
+        return self.make_rollout_fn({"latents": latents, "actions": between})(actions)
+
+    def roll_tokens(self, z0: torch.Tensor, a0: torch.Tensor, actions: torch.Tensor) -> Prediction:
         """``z0 [B, Tc, K, D]``, ``a0 [B, Tc-1, Aw]``, ``actions [B, S, H, Aw]`` -> latents
         ``[B, S, H, D, r, r]``; gradients flow to ``actions`` when the caller enables them."""
         B, S, H, Aw = actions.shape

@@ -160,10 +160,13 @@ def write_evaluation_report(path: str | os.PathLike, results: Mapping[str, Any],
 
 # -- a sweep --------------------------------------------------------------------------------
 def cell_setting(cell: Mapping[str, Any]) -> str:
-    """What sets a cell apart: its codec, weight transfer, training overrides and sampler fields."""
+    """What sets a cell apart: its codec (and whether it plans with the codec's own predictor),
+    weight transfer, training overrides, sampler fields and planning overrides."""
     parts = [f"codec={cell['codec']}"] if cell.get("codec") else []
+    parts += ["world_model=codec (its own predictor)"] if cell.get("world_model") == "codec" else []
     parts += [f"init={cell['init']}"] if cell.get("init") else []
     parts += list(cell["train"]) + [f"sampler.{k}={v}" for k, v in (cell.get("sampler") or {}).items()]
+    parts += [f"plan: {o}" for o in cell.get("plan_overrides") or []]
     return " ".join(parts) or "(recipe)"
 
 

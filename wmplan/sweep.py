@@ -24,7 +24,9 @@ A finished cell writes ``cells/<cell>/cell.json`` atomically and is skipped when
 again; an interrupted one resumes its training from ``latest.ckpt`` and its evaluation from
 the steps already written. Cells whose training overrides are equal share one model (the
 sampling-steps cells all read one checkpoint). A cell with ``codec: trained_vae | jepa`` first
-trains that codec on the sweep's data into ``codecs/<name>`` (once per sweep). Every finished cell,
+trains that codec on the sweep's data into ``codecs/<name>`` (once per sweep); with
+``world_model: codec`` the cell trains no NanoWM and plans with the JEPA codec's own predictor
+(LeWorldModel's world model). Every finished cell,
 and the end of the multirun, rewrites ``sweep.csv``, ``sweep.md``, ``sweep.png`` and
 ``report.html`` from all finished cells.
 """
@@ -55,13 +57,14 @@ CELL_FILE = "cell.json"
 
 
 # -- one cell -----------------------------------------------------------------------------
-CELL_KEYS = ("train", "plan", "sampler", "codec", "init")
+CELL_KEYS = ("train", "plan", "sampler", "codec", "init", "world_model")
 
 
 def cell_spec(cfg: DictConfig) -> dict[str, Any]:
     """The selected cell: its ``train`` and ``plan`` overrides, ``sampler`` fields for evaluation
-    (e.g. steps, guidance_scale), the ``codec`` it trains first and the weight transfer it
-    ``init``-s from the ablation's pretrained model with (None for each when absent)."""
+    (e.g. steps, guidance_scale), the ``codec`` it trains first, the weight transfer it
+    ``init``-s from the ablation's pretrained model with, and ``world_model: codec`` when it
+    plans with the codec's own predictor instead of a NanoWM (None for each when absent)."""
     cells = cfg.ablation.cells
     if cfg.cell is None or str(cfg.cell) not in cells:  # cell=1 arrives as an int
         raise ValueError(f"cell={cfg.cell!r} is not a cell of ablation {cfg.ablation.name}: "
@@ -75,8 +78,13 @@ def cell_spec(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError(f"{where}: codec must be one of {list(CODEC_TRAINERS)}, got {spec['codec']!r}")
     if spec.get("init") is not None and not cfg.ablation.get("pretrain"):
         raise ValueError(f"{where}: init needs the ablation's pretrain overrides (the model to start from)")
+    if spec.get("world_model") not in (None, "codec"):
+        raise ValueError(f"{where}: world_model must be codec (the codec's own predictor) or absent, got {spec['world_model']!r}")
+    if spec.get("world_model") == "codec" and (spec.get("codec") != "jepa" or spec.get("train") or spec.get("init")):
+        raise ValueError(f"{where}: world_model: codec plans with a JEPA's predictor: it needs codec: jepa and no train or init")
     return {"train": list(spec.get("train", [])), "plan": list(spec.get("plan", [])),
-            "sampler": dict(spec.get("sampler") or {}), "codec": spec.get("codec"), "init": spec.get("init")}
+            "sampler": dict(spec.get("sampler") or {}), "codec": spec.get("codec"), "init": spec.get("init"),
+            "world_model": spec.get("world_model")}
 
 
 def train_overrides(cfg: DictConfig, spec: dict[str, Any]) -> list[str]:
@@ -152,11 +160,15 @@ def model_dir(cfg: DictConfig, overrides: Sequence[str]) -> Path:
     return Path(cfg.out_dir) / "models" / key
 
 
-def train_cell(cfg: DictConfig, spec: dict[str, Any]) -> Path:
-    """Train (or resume to the budget) the cell's world model; returns its checkpoint."""
+def train_cell(cfg: DictConfig, spec: dict[str, Any]) -> str:
+    """Train (or resume to the budget) the cell's world model; returns its checkpoint, or
+    ``jepa:<codec folder>`` for a cell that plans with the JEPA's own predictor."""
+    from wmplan.jepa_world_model import PREFIX
     from wmplan.train import train
 
     prepare_codec(cfg, spec["codec"])
+    if spec["world_model"] == "codec":
+        return f"{PREFIX}{codec_dir(cfg, spec['codec'])}"
     if spec["init"] is not None:
         pretrain(cfg)  # resumes to its budget, or returns at once when done
     overrides = train_overrides(cfg, spec)
@@ -164,22 +176,28 @@ def train_cell(cfg: DictConfig, spec: dict[str, Any]) -> Path:
     with exclusive_lock(out / "train.lock"):
         (out / "overrides.json").parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / "overrides.json", overrides)
-        return train(compose("train", [*overrides, f"out_dir={out}"]))
+        return str(train(compose("train", [*overrides, f"out_dir={out}"])))
 
 
-def evaluate_cell(cfg: DictConfig, spec: dict[str, Any], checkpoint: Path, cell_dir: Path) -> dict[str, Any]:
-    """Prediction quality per step, action sensitivity and MPC success of one checkpoint;
-    each measurement is written as it finishes, so a rerun resumes after the last one."""
+def evaluate_cell(cfg: DictConfig, spec: dict[str, Any], checkpoint: str, cell_dir: Path) -> dict[str, Any]:
+    """Prediction quality per step, action sensitivity and MPC success of one checkpoint (or a
+    JEPA's predictor, which has no decoder, proprio or sampler); each measurement is written as
+    it finishes, so a rerun resumes after the last one."""
     from wmplan.diagnostics import action_sensitivity, plan_tracking, prediction_quality, reference_sampler
+    from wmplan.jepa_world_model import PREFIX, JEPAWorldModel
     from wmplan.planners.evaluate import evaluate
     from wmplan.rollout import WorldModel
     from wmplan.video_metrics import VideoMetrics
 
     b = cfg.budget
-    wm = WorldModel.from_checkpoint(checkpoint)
-    sampler = dataclasses.replace(reference_sampler(wm, steps=b.quality_sampler_steps), **spec["sampler"])
+    if checkpoint.startswith(PREFIX):
+        wm, sampler, decodes = JEPAWorldModel.from_folder(checkpoint), None, False
+    else:
+        wm = WorldModel.from_checkpoint(checkpoint)
+        sampler = dataclasses.replace(reference_sampler(wm, steps=b.quality_sampler_steps), **spec["sampler"])
+        decodes = wm.module.codec.can_decode
     measures = {
-        "quality": lambda: None if not wm.module.codec.can_decode else prediction_quality(
+        "quality": lambda: None if not decodes else prediction_quality(
             wm, cfg.data, b.quality_clips, context=wm.context_frames, predicted=b.rollout_steps, seed=cfg.seed,
             sampler=sampler, video_metrics=VideoMetrics(rf_seed=cfg.seed)),
         "sensitivity": lambda: action_sensitivity(wm, cfg.data, b.quality_clips, seed=cfg.seed, sampler=sampler),
@@ -196,7 +214,7 @@ def evaluate_cell(cfg: DictConfig, spec: dict[str, Any], checkpoint: Path, cell_
     return out
 
 
-def plan_cell(cfg: DictConfig, spec: dict[str, Any], checkpoint: Path, out_dir: Path, evaluate) -> dict[str, Any]:
+def plan_cell(cfg: DictConfig, spec: dict[str, Any], checkpoint: str | Path, out_dir: Path, evaluate) -> dict[str, Any]:
     sampler = [f"sampler.{key}={value}" for key, value in spec["sampler"].items()]
     plan_cfg = compose("plan", [
         *env_overrides(cfg), f"world_model={checkpoint}", f"episodes={cfg.budget.plan_episodes}",
@@ -248,8 +266,9 @@ def run_cell(cfg: DictConfig) -> dict[str, Any]:
         raise FileNotFoundError(f"dataset {cfg.data} not found: collect it with wmplan-collect env={cfg.env.name}")
     plan_baselines(cfg)
     checkpoint = train_cell(cfg, spec)
-    result = {"ablation": cfg.ablation.name, "cell": str(cfg.cell), "env": cfg.env.name, **spec,
-              "checkpoint": str(checkpoint), **evaluate_cell(cfg, spec, checkpoint, cell_dir)}
+    settings = {("plan_overrides" if key == "plan" else key): value for key, value in spec.items()}  # "plan": the MPC result
+    result = {"ablation": cfg.ablation.name, "cell": str(cfg.cell), "env": cfg.env.name, **settings,
+              "checkpoint": checkpoint, **evaluate_cell(cfg, spec, checkpoint, cell_dir)}
     write_json_atomic(done, result, default=str)
     write_report(cfg.out_dir, list(cfg.ablation.cells), cfg.ablation.get("finding", ""))
     return result

@@ -242,6 +242,11 @@ class JEPA(nn.Module):
         """``z [B, T, K, D]``, ``actions [B, T, Aw]`` (a_t: frame t -> t+1) -> z_{t+1} ``[B, T, K, D]``."""
         return self.predictor(z, actions)
 
+    def action_embedding_rms(self, actions: Tensor) -> float:
+        """RMS of the predictor's action embedding of ``actions [B, T, Aw]`` (NanoWM's diagnostic)."""
+        device = self.encoder.pos.device
+        return self.predictor.action_embed(actions.to(device).float()).pow(2).mean().sqrt().item()
+
 
 def jepa_loss(model: JEPA, pixels: Tensor, actions: Tensor, sigreg_weight: float, directions: int = 256,
               knots: int = 17, generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, float]]:
