@@ -196,3 +196,19 @@ def test_eval_script_writes_json(checkpoint, dataset, capsys):
     out = script.main(["--checkpoint", str(checkpoint), "--dataset", str(dataset), "--clips", "4", "--steps", "2",
                        "--context", "2", "--out", str(checkpoint.with_name("context2.json"))])
     assert json.loads(out.read_text())["prediction_quality"]["context_frames"] == 2
+
+
+def test_latent_landscape_pairs_env_and_latent_distances(checkpoint, dataset, capsys):
+    script = load_script("latent_landscape")
+    wm = script.load_model(str(checkpoint))
+    pairs = script.landscape(wm, str(dataset), frames=16, pairs=200, seed=0)
+    assert set(pairs) == {"env", "latent", "proprio"} and len({len(v) for v in pairs.values()}) == 1
+    assert (pairs["env"] >= 0).all() and (pairs["latent"] >= 0).all() and pairs["env"].max() > 0
+    again = script.landscape(wm, str(dataset), frames=16, pairs=200, seed=0)
+    assert all(np.array_equal(pairs[k], again[k]) for k in pairs)  # seeded
+    # The proprio is the dot's position: its distance ranks pairs exactly as the env's does.
+    from scipy.stats import spearmanr
+    assert spearmanr(pairs["env"], pairs["proprio"])[0] > 0.99
+    script.main(["--world-model", str(checkpoint), "--dataset", str(dataset), "--frames", "16", "--pairs", "200"])
+    printed = capsys.readouterr().out
+    assert "latent: Spearman with env distance" in printed and "proprio: Spearman" in printed
