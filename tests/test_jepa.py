@@ -86,11 +86,11 @@ def test_model_shapes_and_causality():
     for block in model.predictor.blocks:  # adaLN-Zero starts as identity blocks: give them weights
         torch.nn.init.normal_(block.modulation.weight, std=0.1)
     actions = torch.randn(2, 2, 10)
-    pred = model.predict(z[:, :2], actions)
-    assert pred.shape == (2, 2, 4, 16)
+    pred, no_proprio = model.predict(z[:, :2], actions)
+    assert pred.shape == (2, 2, 4, 16) and no_proprio is None
     later = actions.clone()
     later[:, 1] += 1  # a later action cannot change an earlier prediction, but changes its own
-    again = model.predict(z[:, :2], later)
+    again, _ = model.predict(z[:, :2], later)
     assert torch.equal(again[:, 0], pred[:, 0]) and not torch.allclose(again[:, 1], pred[:, 1])
     with pytest.raises(ValueError, match="at most 2 frames"):
         model.predict(z, torch.randn(2, 3, 10))
@@ -286,7 +286,7 @@ def test_predictor_rollouts_batch_candidates_independently(jepa_folder, wall_dat
     assert not torch.allclose(pred[:, 0], pred[:, 1])  # actions matter
     # Step one equals the predictor on the context, with the candidate's first action.
     z = enc["latents"][:, :, 0, 0].view(1, 2, 1, 16)
-    first = wm.model.predict(z, torch.cat([context["actions"], actions[:, 0, :1]], dim=1))[:, -1]  # [1, 1, 16]
+    first = wm.model.predict(z, torch.cat([context["actions"], actions[:, 0, :1]], dim=1))[0][:, -1]  # [1, 1, 16]
     torch.testing.assert_close(pred[0, 0, 0, :, 0, 0], first[0, 0])
     with pytest.raises(ValueError, match="NaN or inf"):
         rollout(torch.full((1, 1, 1, 10), float("nan")))
@@ -313,7 +313,7 @@ def test_predictor_plans_through_wmplan_plan(jepa_folder, tmp_path):
     (["env=pusht", "objective=dino_wm_maze"], ValueError,
      "trained with env id wmplan/Wall-v0, but the planning env has wmplan/PushT-v0"),
     (["env.resolution=32", "objective=dino_wm_maze"], ValueError, "trained with resolution 16, but the planning env has 32"),
-    ([], ValueError, "predicts no proprio: set objective.proprio_weight=0"),
+    ([], ValueError, r"predicts no proprio \(trained with model.proprio_dim=0\): set objective.proprio_weight=0"),
 ])
 def test_bad_plans_are_refused(jepa_folder, tmp_path, overrides, error, message):
     folder, _ = jepa_folder
@@ -325,3 +325,63 @@ def test_bad_plans_are_refused(jepa_folder, tmp_path, overrides, error, message)
 def test_missing_jepa_folder_is_refused(tmp_path):
     with pytest.raises(FileNotFoundError, match=f"JEPA folder {tmp_path / 'nope'} does not exist"):
         evaluate(plan_config(f"jepa:{tmp_path / 'nope'}", tmp_path, "objective=dino_wm_maze"))
+
+
+# -- proprio (DINO-WM's predictor input) ---------------------------------------------------------
+@pytest.fixture(scope="module")
+def proprio_jepa_folder(wall_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("jepa_proprio") / "wall"
+    metrics = train_jepa(wall_data, out, {**TINY, "proprio_dim": None}, tiny_training(steps=60), ENV)
+    return out, metrics
+
+
+def test_proprio_jepa_learns_the_proprio_and_stores_its_normalisation(proprio_jepa_folder, wall_data):
+    folder, metrics = proprio_jepa_folder
+    model, config = load_jepa(folder)
+    assert config["model"]["proprio_dim"] == 2  # null: the dataset's proprio width
+    mean, std = ClipDataset(wall_data, 3, 5, "train", 0.3).proprio_stats()
+    torch.testing.assert_close(model.proprio_mean, torch.from_numpy(mean))
+    torch.testing.assert_close(model.proprio_std, torch.from_numpy(std))
+    assert {"proprio_mean", "proprio_std"} <= set(weights(folder))
+    assert metrics["final_train"]["proprio"] < 1.0  # from ~1 + the untrained head's error
+    assert metrics["val_proprio_mse"] < 1.0 and metrics["val_proprio_copy_last_mse"] > 0
+    # A pixels-only JEPA saves no proprio buffers, so folders from before the option still load.
+    assert not {"proprio_mean", "proprio_std"} & set(JEPA(JEPAConfig(**TINY)).state_dict())
+
+
+def test_proprio_rollouts_carry_the_predicted_proprio(proprio_jepa_folder, wall_data):
+    folder, _ = proprio_jepa_folder
+    wm = JEPAWorldModel.from_folder(folder, precision="fp32")
+    assert wm.uses_proprio
+    clip = ClipDataset(wall_data, 4, 5, "val", 0.3)[0]
+    enc = wm.encode({"pixels": clip["pixels"][:2], "proprio": clip["proprio"][:2]})
+    torch.testing.assert_close(enc["proprio"], wm.model.normalize_proprio(torch.from_numpy(clip["proprio"][:2])))
+    context = {"latents": enc["latents"][None], "proprio": enc["proprio"][None],
+               "actions": torch.from_numpy(clip["actions"][:1])[None]}
+    actions = torch.rand(1, 4, 3, 10, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    pred = wm.make_rollout_fn(context)(actions)
+    assert pred["latents"].shape == (1, 4, 3, 16, 1, 1) and pred["proprio"].shape == (1, 4, 3, 2)
+    # Step one is the predictor on the context with the candidate's first action; the proprio
+    # it predicts is fed back, so it changes the second step.
+    z = enc["latents"][:, :, 0, 0].view(1, 2, 1, 16)
+    _, first = wm.model.predict(z, torch.cat([context["actions"], actions[:, 0, :1]], dim=1), enc["proprio"][None])
+    torch.testing.assert_close(pred["proprio"][0, 0, 0], first[0, -1])
+    torch.testing.assert_close(wm.rollout(context, actions)["proprio"], pred["proprio"])
+    with pytest.raises(ValueError, match="obs needs 'proprio'"):
+        wm.encode({"pixels": clip["pixels"][:2]})
+    with pytest.raises(ValueError, match="context proprio must be"):
+        wm.make_rollout_fn({**context, "proprio": None})
+
+
+def test_proprio_jepa_plans_with_the_proprio_term(proprio_jepa_folder, tmp_path):
+    folder, _ = proprio_jepa_folder
+    results = evaluate(plan_config(f"jepa:{folder}", tmp_path, "objective=dino_wm_default"))
+    assert results["config"]["objective"]["proprio_weight"] == 1.0
+    assert results["episodes"] == len(results["records"]) == EPISODES
+
+
+def test_proprio_dim_must_match_the_dataset(wall_data, tmp_path):
+    with pytest.raises(ValueError, match="model.proprio_dim=3 contradicts the dataset, which needs 2"):
+        train_jepa(wall_data, tmp_path / "m", {**TINY, "proprio_dim": 3}, tiny_training(steps=1), ENV)
+    with pytest.raises(ValueError, match="proprio_dim must be an int >= 0"):
+        JEPAConfig(proprio_dim=-1)

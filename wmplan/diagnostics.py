@@ -167,7 +167,7 @@ def action_sensitivity(wm: WorldModel, dataset_path: str | Path, n_clips: int = 
     predicted proprio (the planner's proprio term), in normalised (z-score) units. ``action_embedding_rms``
     is the model's action embedding RMS for each action set. A model that ignores actions shows
     equal distances. ``sampler`` defaults to the world model's planning sampler. ``wm`` may also
-    be a JEPA's own predictor (``JEPAWorldModel``: deterministic, no proprio, no sampler).
+    be a JEPA's own predictor (``JEPAWorldModel``: deterministic, no sampler).
     """
     sampler = sampler or wm.sampler
     clips = validation_clips(wm, dataset_path, n_clips, 1 + predicted, seed)

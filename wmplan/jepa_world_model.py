@@ -9,7 +9,8 @@
 As in LeWorldModel, the context is encoded once per replan (by ``encode``) and all S
 candidates of all B episodes run as one batch of B * S sequences through the predictor,
 autoregressively over the last ``history`` embeddings. No noise: the seeds are ignored.
-There is no proprio prediction, so objectives must leave ``proprio_weight`` at 0.
+A JEPA trained with ``model.proprio_dim`` > 0 also reads and predicts the (normalised) proprio,
+so objectives may score it (``proprio_weight``); a pixels-only JEPA has none, so they must not.
 ``rollout(context, actions)`` is ``WorldModel.rollout``'s contract, so the diagnostics
 (``wmplan.diagnostics.action_sensitivity``) measure it as they measure a NanoWM.
 """
@@ -33,11 +34,11 @@ PREFIX = "jepa:"
 class JEPAWorldModel:
     """Encode observations with a JEPA's encoder; roll candidates out with its predictor."""
 
-    uses_proprio = False
     sampler = None  # deterministic: nothing to sample
 
     def __init__(self, model: JEPA, config: dict, precision: str = "auto", checkpoint_hash: str | None = None):
         self.model = model.eval().requires_grad_(False)
+        self.uses_proprio = bool(model.cfg.proprio_dim)
         self.device = next(model.parameters()).device
         self.precision = resolve_precision(precision, self.device)
         self.history = self.context_frames = int(model.cfg.history)
@@ -64,7 +65,7 @@ class JEPAWorldModel:
     @torch.no_grad()
     def encode(self, obs: dict[str, Any]) -> Goal:
         """obs pixels uint8 [N, H, W, 3] (or [N, T, H, W, 3]) -> latents [N, (T,) D, r, r]
-        (float32), proprio None."""
+        (float32), and proprio [N, (T,) P] normalised (None for a pixels-only JEPA)."""
         pixels = torch.as_tensor(np.asarray(obs["pixels"]))
         if pixels.dtype != torch.uint8 or pixels.ndim not in (4, 5):
             raise ValueError(f"JEPA world model expects pixels uint8 [N, (T,) H, W, 3], got {pixels.dtype} {list(pixels.shape)}")
@@ -72,36 +73,58 @@ class JEPAWorldModel:
         with autocast(self.precision, self.device):
             z = self.model.encode(pixels.reshape(-1, *pixels.shape[-3:]).to(self.device).permute(0, 3, 1, 2))  # [N*T, K, D]
         latents = tokens_to_latents(z.float())  # [N*T, D, r, r]
-        return {"latents": latents.reshape(*lead, *latents.shape[1:]), "proprio": None}
+        proprio = None
+        if self.uses_proprio:
+            if obs.get("proprio") is None:
+                raise ValueError("this JEPA reads proprio: obs needs 'proprio'")
+            proprio = self.model.normalize_proprio(torch.as_tensor(np.asarray(obs["proprio"])))
+            if proprio.shape[:-1] != lead:
+                raise ValueError(f"obs proprio {list(proprio.shape)} does not match pixels {list(pixels.shape)}")
+        return {"latents": latents.reshape(*lead, *latents.shape[1:]), "proprio": proprio}
 
     def make_rollout_fn(self, context: dict[str, Any]) -> RolloutFn:
-        """Rollouts from ``context`` latents [B, T, D, r, r] and actions [B, T-1, Aw]."""
+        """Rollouts from ``context`` latents [B, T, D, r, r], actions [B, T-1, Aw] (and the
+        normalised proprio [B, T, P] of a JEPA that reads it)."""
         z0 = latents_to_tokens(context["latents"].float().to(self.device))  # [B, T, K, D]
         a0 = context["actions"].float().to(self.device)  # [B, T-1, Aw]
         B, T = z0.shape[:2]
         if a0.shape != (B, T - 1, self.action_dim):
             raise ValueError(f"context actions must be [{B}, {T - 1}, {self.action_dim}], got {list(a0.shape)}")
+        p0 = None
+        if self.uses_proprio:
+            p0 = context.get("proprio")
+            if p0 is None or tuple(p0.shape) != (B, T, self.model.cfg.proprio_dim):
+                raise ValueError(f"this JEPA reads proprio: context proprio must be [{B}, {T}, {self.model.cfg.proprio_dim}], "
+                                 f"got {None if p0 is None else list(p0.shape)}")
+            p0 = p0.float().to(self.device)[:, -self.history:]
         z0, a0 = z0[:, -self.history:], a0[:, max(0, T - self.history):]  # the frames the predictor sees
 
         def rollout(actions: torch.Tensor) -> Prediction:
-            return self.roll_tokens(z0, a0, actions)
+            return self.roll_tokens(z0, a0, actions, p0)
 
         return rollout
 
     def rollout(self, context: dict[str, Any], actions: torch.Tensor, sampler: Any = None, seed: Any = 0) -> Prediction:
         """``WorldModel.rollout``'s contract: context latents [B, D, r, r] or [B, Tc, D, r, r]
-        (+ the actions between context frames [B, Tc-1, Aw]), actions [B, S, H, Aw] -> latents
-        [B, S, H, D, r, r], proprio None. ``sampler`` and ``seed`` are ignored: nothing is sampled."""
+        (+ the actions between context frames [B, Tc-1, Aw], + proprio [B, (Tc,) P] for a JEPA
+        that reads it), actions [B, S, H, Aw] -> latents [B, S, H, D, r, r] and proprio
+        [B, S, H, P] or None. ``sampler`` and ``seed`` are ignored: nothing is sampled."""
         latents = context["latents"]
-        latents = latents[:, None] if latents.ndim == 4 else latents  # [B, Tc, D, r, r]
+        single = latents.ndim == 4
+        latents = latents[:, None] if single else latents  # [B, Tc, D, r, r]
         between = context.get("actions")
         if between is None:
             between = torch.zeros(latents.shape[0], latents.shape[1] - 1, self.action_dim)
-        return self.make_rollout_fn({"latents": latents, "actions": between})(actions)
+        proprio = context.get("proprio")
+        if proprio is not None and single:
+            proprio = proprio[:, None]  # [B, 1, P]
+        return self.make_rollout_fn({"latents": latents, "actions": between, "proprio": proprio})(actions)
 
-    def roll_tokens(self, z0: torch.Tensor, a0: torch.Tensor, actions: torch.Tensor) -> Prediction:
-        """``z0 [B, Tc, K, D]``, ``a0 [B, Tc-1, Aw]``, ``actions [B, S, H, Aw]`` -> latents
-        ``[B, S, H, D, r, r]``; gradients flow to ``actions`` when the caller enables them."""
+    def roll_tokens(self, z0: torch.Tensor, a0: torch.Tensor, actions: torch.Tensor,
+                    p0: torch.Tensor | None = None) -> Prediction:
+        """``z0 [B, Tc, K, D]``, ``a0 [B, Tc-1, Aw]``, ``actions [B, S, H, Aw]`` (, ``p0 [B, Tc, P]``)
+        -> latents ``[B, S, H, D, r, r]`` and proprio ``[B, S, H, P]`` or None; gradients flow to
+        ``actions`` when the caller enables them."""
         B, S, H, Aw = actions.shape
         if (B, Aw) != (z0.shape[0], self.action_dim):
             raise ValueError(f"actions must be [{z0.shape[0]}, S, H, {self.action_dim}], got {list(actions.shape)}")
@@ -111,16 +134,18 @@ class JEPAWorldModel:
         z = z0[:, None].expand(B, S, Tc, K, D).reshape(B * S, Tc, K, D)  # the context, encoded once, per candidate
         acts = torch.cat([a0[:, None].expand(B, S, Tc - 1, Aw).reshape(B * S, Tc - 1, Aw),
                           actions.to(self.device, torch.float32).reshape(B * S, H, Aw)], dim=1)  # [B*S, Tc-1+H, Aw]
-        preds = []
+        p = None if p0 is None else p0[:, None].expand(B, S, *p0.shape[1:]).reshape(B * S, Tc, -1)  # [B*S, Tc, P]
         for _ in range(H):
             n = z.shape[1]
             lo = max(0, n - self.history)
             with autocast(self.precision, self.device):
-                nxt = self.model.predict(z[:, lo:], acts[:, lo:n])[:, -1:].float()  # [B*S, 1, K, D]
-            z = torch.cat([z, nxt], dim=1)
-            preds.append(nxt)
-        latents = tokens_to_latents(torch.cat(preds, dim=1))  # [B*S, H, D, r, r]
-        return {"latents": latents.reshape(B, S, H, *latents.shape[2:]), "proprio": None}
+                nxt, nxt_p = self.model.predict(z[:, lo:], acts[:, lo:n], None if p is None else p[:, lo:])
+            z = torch.cat([z, nxt[:, -1:].float()], dim=1)  # + [B*S, 1, K, D]
+            if p is not None:
+                p = torch.cat([p, nxt_p[:, -1:].float()], dim=1)  # + [B*S, 1, P]
+        latents = tokens_to_latents(z[:, Tc:])  # [B*S, H, D, r, r]
+        proprio = None if p is None else p[:, Tc:].reshape(B, S, H, -1)
+        return {"latents": latents.reshape(B, S, H, *latents.shape[2:]), "proprio": proprio}
 
 
 def _sha256(path: Path, chunk: int = 1 << 20) -> str:

@@ -181,7 +181,7 @@ def train_cell(cfg: DictConfig, spec: dict[str, Any]) -> str:
 
 def evaluate_cell(cfg: DictConfig, spec: dict[str, Any], checkpoint: str, cell_dir: Path) -> dict[str, Any]:
     """Prediction quality per step, action sensitivity and MPC success of one checkpoint (or a
-    JEPA's predictor, which has no decoder, proprio or sampler); each measurement is written as
+    JEPA's predictor, which has no decoder or sampler); each measurement is written as
     it finishes, so a rerun resumes after the last one."""
     from wmplan.diagnostics import action_sensitivity, plan_tracking, prediction_quality, reference_sampler
     from wmplan.jepa_world_model import PREFIX, JEPAWorldModel
@@ -201,7 +201,8 @@ def evaluate_cell(cfg: DictConfig, spec: dict[str, Any], checkpoint: str, cell_d
             wm, cfg.data, b.quality_clips, context=wm.context_frames, predicted=b.rollout_steps, seed=cfg.seed,
             sampler=sampler, video_metrics=VideoMetrics(rf_seed=cfg.seed)),
         "sensitivity": lambda: action_sensitivity(wm, cfg.data, b.quality_clips, seed=cfg.seed, sampler=sampler),
-        "tracking": lambda: None if not wm.uses_proprio or b.tracking_starts == 0 else plan_tracking(
+        # plan_tracking reads a NanoWM checkpoint's env and sampler: not a JEPA predictor's
+        "tracking": lambda: None if sampler is None or not wm.uses_proprio or b.tracking_starts == 0 else plan_tracking(
             wm, n_starts=b.tracking_starts, n_plans=8, seed=cfg.seed),
         "plan": lambda: None if b.plan_episodes == 0 else plan_cell(cfg, spec, checkpoint, cell_dir / "plan", evaluate),
     }

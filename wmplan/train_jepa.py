@@ -49,6 +49,7 @@ class JEPATrainConfig:
     sigreg_weight: float = 0.1  # lambda
     sigreg_directions: int = 256  # random unit directions per step
     sigreg_knots: int = 17  # quadrature knots on [0, 3]
+    proprio_weight: float = 1.0  # weight of the next-proprio MSE (models with model.proprio_dim > 0)
     val_fraction: float = 0.1
     split_seed: int = 0
     val_clips: int = 256  # held-out clips for the final metrics
@@ -65,7 +66,7 @@ class JEPATrainConfig:
         for name in ("warmup_steps", "checkpoint_every", "seed", "split_seed"):
             _check_int(name, getattr(self, name), 0)
         _check_int("sigreg_knots", self.sigreg_knots, 2)
-        for name in ("lr", "weight_decay", "min_lr_ratio", "grad_clip", "sigreg_weight", "val_fraction"):
+        for name in ("lr", "weight_decay", "min_lr_ratio", "grad_clip", "sigreg_weight", "proprio_weight", "val_fraction"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or not math.isfinite(value):
                 raise ValueError(f"train.{name} must be a finite number >= 0, got {value!r}")
@@ -100,6 +101,9 @@ def train_jepa(data: str | Path, out_dir: str | Path, model_cfg: dict, cfg: JEPA
     precision = resolve_precision(cfg.precision, device)
     torch.manual_seed(cfg.seed)
     model = JEPA(model_cfg).to(device)
+    if model_cfg.proprio_dim:
+        mean, std = clips["train"].proprio_stats()
+        model.proprio_mean.copy_(torch.from_numpy(mean)), model.proprio_std.copy_(torch.from_numpy(std))
     start = time.perf_counter()
     out_dir = Path(out_dir)
     resume = out_dir.with_name(f".{out_dir.name}.resume.pt")
@@ -126,12 +130,15 @@ def _check_dataset(data, info: dict, env: dict | None) -> None:
 
 
 def _complete_model_config(model_cfg: dict, info: dict, frameskip: int) -> JEPAConfig:
-    """Fill ``image_size`` / ``action_dim`` from the dataset and check explicit ones against it."""
+    """Fill ``image_size`` / ``action_dim`` (and ``proprio_dim`` when null) from the dataset and
+    check explicit ones against it; ``proprio_dim`` 0 trains on pixels alone."""
     fields = dict(model_cfg)
     unknown = set(fields) - {f.name for f in dataclasses.fields(JEPAConfig)}
     if unknown:
         raise ValueError(f"unknown JEPA model settings {sorted(unknown)}")
     data = {"image_size": int(info["resolution"]), "action_dim": int(info["action_dim"]) * frameskip}
+    if fields.get("proprio_dim", 0) != 0:
+        data["proprio_dim"] = int(info["proprio_dim"])
     for key, value in data.items():
         if fields.get(key) is None:
             fields[key] = value
@@ -140,11 +147,10 @@ def _complete_model_config(model_cfg: dict, info: dict, frameskip: int) -> JEPAC
     return JEPAConfig(**fields)
 
 
-def _batch(clips, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """pixels uint8 [B, T, H, W, 3], actions float32 [B, T-1, Aw] of clips ``idx``."""
+def _batch(clips, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """pixels uint8 [B, T, H, W, 3], actions float32 [B, T-1, Aw], proprio float32 [B, T, P] of clips ``idx``."""
     items = [clips[int(i)] for i in idx]
-    return (torch.from_numpy(np.stack([x["pixels"] for x in items])),
-            torch.from_numpy(np.stack([x["actions"] for x in items])))
+    return tuple(torch.from_numpy(np.stack([x[key] for x in items])) for key in ("pixels", "actions", "proprio"))
 
 
 def _lr(cfg: JEPATrainConfig, step: int) -> float:
@@ -160,12 +166,13 @@ def _step(model: JEPA, opt: torch.optim.Optimizer, clips, cfg: JEPATrainConfig, 
     """One optimizer step; its batch and SIGReg directions come from (seed, step) alone."""
     gen = torch.Generator().manual_seed(stream_seed(cfg.seed, step))
     idx = torch.randint(len(clips), (cfg.batch_size,), generator=gen).numpy()
-    pixels, actions = _batch(clips, idx)
+    pixels, actions, proprio = _batch(clips, idx)
     for group in opt.param_groups:
         group["lr"] = _lr(cfg, step)
     with autocast(precision, device):
         loss, stats = jepa_loss(model, pixels.to(device), actions.to(device), cfg.sigreg_weight,
-                                cfg.sigreg_directions, cfg.sigreg_knots, generator=gen)
+                                cfg.sigreg_directions, cfg.sigreg_knots, generator=gen,
+                                proprio=proprio.to(device), proprio_weight=cfg.proprio_weight)
     if not torch.isfinite(loss):
         raise FloatingPointError(f"non-finite JEPA loss at step {step}: {stats}")
     opt.zero_grad(set_to_none=True)
@@ -186,7 +193,7 @@ def _fit(model: JEPA, clips, cfg: JEPATrainConfig, device: torch.device, precisi
     for step in range(first, cfg.steps + 1):
         stats = _step(model, opt, clips, cfg, step, device, precision)
         if step % cfg.log_every == 0 or step == cfg.steps:
-            print(f"step {step}/{cfg.steps}  loss {stats['loss']:.4f}  pred {stats['pred']:.4f}  sigreg {stats['sigreg']:.3f}")
+            print(f"step {step}/{cfg.steps}  " + "  ".join(f"{k} {v:.4f}" for k, v in stats.items()))
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
             save_resume_point(resume, run, step, model=model.state_dict(), optimizer=opt.state_dict())
     model.eval()
@@ -217,14 +224,16 @@ def _sample(clips, n: int, seed: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def _embeddings(model: JEPA, clips, idx: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(z [n, T, K, D], actions [n, T-1, Aw]) of clips ``idx``, in float32, 64 clips per forward."""
-    zs, acts = [], []
+def _embeddings(model: JEPA, clips, idx: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(z [n, T, K, D], actions [n, T-1, Aw], raw proprio [n, T, P]) of clips ``idx``, in float32,
+    64 clips per forward."""
+    zs, acts, props = [], [], []
     for chunk in np.array_split(idx, -(-len(idx) // 64)):
-        pixels, actions = _batch(clips, chunk)
+        pixels, actions, proprio = _batch(clips, chunk)
         zs.append(model.encode_clips(pixels.to(device)).float().cpu())
         acts.append(actions)
-    return torch.cat(zs), torch.cat(acts)
+        props.append(proprio)
+    return torch.cat(zs), torch.cat(acts), torch.cat(props)
 
 
 @torch.no_grad()
@@ -247,22 +256,28 @@ def _recalibrate_batchnorm(model: JEPA, clips, cfg: JEPATrainConfig, device: tor
 @torch.no_grad()
 def _unit_variance_scale(model: JEPA, clips, cfg: JEPATrainConfig, device: torch.device) -> float:
     """1 / std of the embeddings of a sample of training clips (SIGReg keeps it near 1)."""
-    z, _ = _embeddings(model, clips, _sample(clips, cfg.scale_clips, cfg.seed), device)
+    z = _embeddings(model, clips, _sample(clips, cfg.scale_clips, cfg.seed), device)[0]
     return float(1.0 / z.std().clamp_min(1e-8))
 
 
 @torch.no_grad()
 def _evaluate(model: JEPA, clips, cfg: JEPATrainConfig, device: torch.device) -> dict[str, float]:
-    """Held-out next-embedding MSE against copying the last embedding, and SIGReg."""
+    """Held-out next-embedding MSE against copying the last embedding, and SIGReg (and the
+    normalised next-proprio MSE against copy-last, for models that read proprio)."""
     from wmplan.models.jepa import sigreg
 
-    z, actions = _embeddings(model, clips, _sample(clips, cfg.val_clips, cfg.seed + 1), device)
-    pred = model.predict(z[:, :-1].to(device), actions.to(device)).float().cpu()
+    z, actions, proprio = _embeddings(model, clips, _sample(clips, cfg.val_clips, cfg.seed + 1), device)
+    p = model.normalize_proprio(proprio.to(device)).cpu() if model.cfg.proprio_dim else None  # [n, T, P]
+    pred, pred_p = model.predict(z[:, :-1].to(device), actions.to(device), None if p is None else p[:, :-1].to(device))
     gen = torch.Generator().manual_seed(cfg.seed)
     reg = sigreg(z.flatten(2).transpose(0, 1), cfg.sigreg_directions, cfg.sigreg_knots, generator=gen)
-    return {"val_pred_mse": round(F.mse_loss(pred, z[:, 1:]).item(), 6),
-            "val_copy_last_mse": round(F.mse_loss(z[:, :-1], z[:, 1:]).item(), 6),
-            "val_sigreg": round(reg.item(), 4), "val_clips": len(z)}
+    metrics = {"val_pred_mse": round(F.mse_loss(pred.float().cpu(), z[:, 1:]).item(), 6),
+               "val_copy_last_mse": round(F.mse_loss(z[:, :-1], z[:, 1:]).item(), 6),
+               "val_sigreg": round(reg.item(), 4), "val_clips": len(z)}
+    if p is not None:
+        metrics["val_proprio_mse"] = round(F.mse_loss(pred_p.float().cpu(), p[:, 1:]).item(), 6)
+        metrics["val_proprio_copy_last_mse"] = round(F.mse_loss(p[:, :-1], p[:, 1:]).item(), 6)
+    return metrics
 
 
 def _save(model: JEPA, out_dir: Path, meta: dict) -> None:

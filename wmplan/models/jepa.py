@@ -49,6 +49,7 @@ class JEPAConfig:
     pred_depth: int = 6
     pred_heads: int = 3
     mlp_ratio: float = 4.0
+    proprio_dim: int = 0  # P > 0: the predictor also reads and predicts the proprio (DINO-WM's input)
 
     def __post_init__(self) -> None:
         for name in ("image_size", "action_dim", "patch_size", "width", "depth", "heads", "embed_dim",
@@ -56,6 +57,8 @@ class JEPAConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"JEPAConfig.{name} must be an int >= 1, got {value!r}")
+        if isinstance(self.proprio_dim, bool) or not isinstance(self.proprio_dim, int) or self.proprio_dim < 0:
+            raise ValueError(f"JEPAConfig.proprio_dim must be an int >= 0 (0: pixels only), got {self.proprio_dim!r}")
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if math.isqrt(self.num_tokens) ** 2 != self.num_tokens:
@@ -188,32 +191,44 @@ class Encoder(nn.Module):
 
 class Predictor(nn.Module):
     """Causal transformer over the tokens of T frames; frame t's tokens see frames <= t and
-    carry action a_t (frame t -> t+1) through adaLN-Zero; outputs frame t+1's embeddings."""
+    carry action a_t (frame t -> t+1) through adaLN-Zero; outputs frame t+1's embeddings.
+    With ``proprio_dim`` > 0 each frame's (normalised) proprio is added to its tokens and a
+    head predicts frame t+1's proprio from them, as DINO-WM feeds proprio to its predictor."""
 
     def __init__(self, cfg: JEPAConfig):
         super().__init__()
-        W, K = cfg.pred_width, cfg.num_tokens
+        W, K, P = cfg.pred_width, cfg.num_tokens, cfg.proprio_dim
         self.embed = nn.Linear(cfg.embed_dim, W)
         self.action_embed = nn.Sequential(nn.Linear(cfg.action_dim, W), nn.SiLU(), nn.Linear(W, W))
+        self.proprio_embed = nn.Linear(P, W) if P else None
         self.time_pos = nn.Parameter(torch.randn(1, cfg.history, 1, W) * 0.02)
         self.token_pos = nn.Parameter(torch.randn(1, 1, K, W) * 0.02)
         self.blocks = nn.ModuleList(Block(W, cfg.pred_heads, cfg.mlp_ratio, conditioned=True) for _ in range(cfg.pred_depth))
         self.norm = nn.LayerNorm(W, eps=1e-6)
         self.out = nn.Linear(W, cfg.embed_dim)
+        self.proprio_out = nn.Linear(W, P) if P else None
         self.history = cfg.history
 
-    def forward(self, z: Tensor, actions: Tensor) -> Tensor:
-        """``z [B, T, K, D]``, ``actions [B, T, Aw]`` (T <= history) -> ``[B, T, K, D]``."""
+    def forward(self, z: Tensor, actions: Tensor, proprio: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """``z [B, T, K, D]``, ``actions [B, T, Aw]`` (T <= history), ``proprio [B, T, P]`` when
+        the predictor has a proprio input -> (``[B, T, K, D]``, ``[B, T, P]`` or None)."""
         B, T, K, _ = z.shape
         if T > self.history:
             raise ValueError(f"the predictor sees at most {self.history} frames, got {T}")
-        x = (self.embed(z) + self.time_pos[:, :T] + self.token_pos).reshape(B, T * K, -1)  # [B, T*K, W]
+        x = self.embed(z) + self.time_pos[:, :T] + self.token_pos  # [B, T, K, W]
+        if self.proprio_embed is not None:
+            if proprio is None or proprio.shape[:2] != (B, T):
+                raise ValueError(f"this predictor needs proprio [{B}, {T}, P], got {None if proprio is None else list(proprio.shape)}")
+            x = x + self.proprio_embed(proprio)[:, :, None]
+        x = x.reshape(B, T * K, -1)  # [B, T*K, W]
         cond = self.action_embed(actions).repeat_interleave(K, dim=1)  # [B, T*K, W]
         frame = torch.arange(T, device=z.device).repeat_interleave(K)
         mask = frame[:, None] >= frame[None, :]  # [T*K, T*K] frame-causal
         for block in self.blocks:
             x = block(x, mask, cond)
-        return self.out(self.norm(x)).reshape(B, T, K, -1)
+        h = self.norm(x).reshape(B, T, K, -1)  # [B, T, K, W]
+        next_proprio = None if self.proprio_out is None else self.proprio_out(h.mean(dim=2))  # [B, T, P]
+        return self.out(h), next_proprio
 
 
 class JEPA(nn.Module):
@@ -224,6 +239,10 @@ class JEPA(nn.Module):
         self.cfg = cfg
         self.encoder = Encoder(cfg)
         self.predictor = Predictor(cfg)
+        # proprio normalisation of the training data (set by wmplan-train-jepa, saved with the weights
+        # when the model reads proprio)
+        self.register_buffer("proprio_mean", torch.zeros(cfg.proprio_dim), persistent=bool(cfg.proprio_dim))
+        self.register_buffer("proprio_std", torch.ones(cfg.proprio_dim), persistent=bool(cfg.proprio_dim))
 
     def encode(self, frames: Tensor) -> Tensor:
         """``frames [N, 3, H, W]`` uint8, or float in [0, 1] -> ``[N, K, D]``."""
@@ -238,9 +257,16 @@ class JEPA(nn.Module):
         B, T = pixels.shape[:2]
         return self.encode(pixels.flatten(0, 1).permute(0, 3, 1, 2)).view(B, T, self.cfg.num_tokens, -1)
 
-    def predict(self, z: Tensor, actions: Tensor) -> Tensor:
-        """``z [B, T, K, D]``, ``actions [B, T, Aw]`` (a_t: frame t -> t+1) -> z_{t+1} ``[B, T, K, D]``."""
-        return self.predictor(z, actions)
+    def predict(self, z: Tensor, actions: Tensor, proprio: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """``z [B, T, K, D]``, ``actions [B, T, Aw]`` (a_t: frame t -> t+1), normalised ``proprio
+        [B, T, P]`` (with ``proprio_dim`` > 0) -> (z_{t+1} ``[B, T, K, D]``, proprio_{t+1} ``[B, T, P]`` or None)."""
+        return self.predictor(z, actions, proprio)
+
+    def normalize_proprio(self, proprio: Tensor) -> Tensor:
+        """Raw proprio ``[..., P]`` -> the normalised proprio the predictor reads and predicts."""
+        if proprio.shape[-1] != self.cfg.proprio_dim:
+            raise ValueError(f"proprio must be [..., {self.cfg.proprio_dim}], got {list(proprio.shape)}")
+        return (proprio.float().to(self.proprio_mean.device) - self.proprio_mean) / self.proprio_std
 
     def action_embedding_rms(self, actions: Tensor) -> float:
         """RMS of the predictor's action embedding of ``actions [B, T, Aw]`` (NanoWM's diagnostic)."""
@@ -249,17 +275,31 @@ class JEPA(nn.Module):
 
 
 def jepa_loss(model: JEPA, pixels: Tensor, actions: Tensor, sigreg_weight: float, directions: int = 256,
-              knots: int = 17, generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, float]]:
-    """Teacher-forced next-embedding MSE + ``sigreg_weight`` * SIGReg (per time step, over the batch).
+              knots: int = 17, generator: torch.Generator | None = None, proprio: Tensor | None = None,
+              proprio_weight: float = 1.0) -> tuple[Tensor, dict[str, float]]:
+    """Teacher-forced next-embedding MSE + ``sigreg_weight`` * SIGReg (per time step, over the batch)
+    (+ ``proprio_weight`` * next-proprio MSE, normalised, when the model reads proprio).
 
-    ``pixels uint8 [B, T, H, W, 3]``, ``actions [B, T-1, Aw]``; gradients reach both the
-    prediction and its target (no stop-gradient, no EMA)."""
+    ``pixels uint8 [B, T, H, W, 3]``, ``actions [B, T-1, Aw]``, raw ``proprio [B, T, P]``;
+    gradients reach both the prediction and its target (no stop-gradient, no EMA)."""
     z = model.encode_clips(pixels)  # [B, T, K, D]
-    pred = model.predict(z[:, :-1], actions.to(z.device, z.dtype))  # [B, T-1, K, D]
+    p = None if not model.cfg.proprio_dim else model.normalize_proprio(_need_proprio(proprio))  # [B, T, P]
+    pred, pred_p = model.predict(z[:, :-1], actions.to(z.device, z.dtype), None if p is None else p[:, :-1])
     pred_loss = F.mse_loss(pred.float(), z[:, 1:].float())
     reg = sigreg(z.float().flatten(2).transpose(0, 1), directions, knots, generator=generator)  # [T, B, K*D]
     loss = pred_loss + sigreg_weight * reg
-    return loss, {"loss": loss.item(), "pred": pred_loss.item(), "sigreg": reg.item()}
+    stats = {"pred": pred_loss.item(), "sigreg": reg.item()}
+    if p is not None:
+        proprio_loss = F.mse_loss(pred_p.float(), p[:, 1:])
+        loss = loss + proprio_weight * proprio_loss
+        stats["proprio"] = proprio_loss.item()
+    return loss, {"loss": loss.item(), **stats}
+
+
+def _need_proprio(proprio: Tensor | None) -> Tensor:
+    if proprio is None:
+        raise ValueError("this JEPA reads proprio (proprio_dim > 0): pass the clips' proprio")
+    return proprio
 
 
 # -- layout ------------------------------------------------------------------------------------

@@ -99,9 +99,10 @@ def jepa_model_and_objective(cfg: DictConfig) -> tuple[Any, Any, Any, Any]:
     """``world_model=jepa:<folder>``: a folder written by ``wmplan-train-jepa``, checked against the env."""
     from wmplan.jepa_world_model import JEPAWorldModel
 
-    if cfg.objective.get("proprio_weight", 0) > 0:
-        raise ValueError(f"{cfg.world_model} predicts no proprio: set objective.proprio_weight=0 (e.g. objective=dino_wm_maze)")
     wm = JEPAWorldModel.from_folder(cfg.world_model, precision=cfg.precision)
+    if cfg.objective.get("proprio_weight", 0) > 0 and not wm.uses_proprio:
+        raise ValueError(f"{cfg.world_model} predicts no proprio (trained with model.proprio_dim=0): "
+                         "set objective.proprio_weight=0 (e.g. objective=dino_wm_maze)")
     try:
         wm.check_env(cfg.env.id, cfg.env.frameskip, cfg.env.resolution)
     except ValueError as err:
