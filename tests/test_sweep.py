@@ -17,7 +17,7 @@ from test_report import linked_files, parse
 
 from wmplan.config_dir import CONFIG_DIR
 from wmplan.report import cell_setting
-from wmplan.sweep import cell_spec, model_dir, run_cell, train_overrides, write_report
+from wmplan.sweep import cell_spec, codec_settings, model_dir, run_cell, train_overrides, write_report
 
 ABLATIONS = sorted(p.stem for p in (CONFIG_DIR / "ablation").glob("*.yaml"))
 TINY_TRAIN = ["model=tiny", "latent=pixels", "latent.pixel_size=8", "data.num_frames=3", "data.val_fraction=0.3",
@@ -55,8 +55,10 @@ def test_ablation_cells_are_swept_and_compose(ablation):
         cfg.cell = cell
         spec = cell_spec(cfg)
         if spec["world_model"] == "codec":  # plans with the JEPA's own predictor: nothing to train
-            assert (ablation, cell, spec["codec"]) == ("latent", "jepa_predictor", "jepa")
-            assert spec["plan"] == ["objective=dino_wm_maze"]  # no proprio term: the predictor has none
+            assert (ablation, spec["codec"]) == ("latent", "jepa") and cell.startswith("jepa_predictor")
+            # the env recipe's objective (proprio term: the JEPA predicts proprio), or the latent alone
+            assert spec["plan"] == ([] if cell == "jepa_predictor" else ["objective=dino_wm_maze"])
+            assert "model.proprio_dim=null" in cfg.codec_overrides.jepa
             continue
         overrides = train_overrides(cfg, spec)
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
@@ -66,7 +68,7 @@ def test_ablation_cells_are_swept_and_compose(ablation):
         if ablation == "latent":  # 4x4 tokens per frame (32 px pixels, 16x16 VAE latents), the JEPA's one
             assert train_cfg.latent.name == cell
             assert train_cfg.model.patch_size == {"pixels": 8, "trained_vae": 4, "jepa": 1}.get(cell, 4)
-        dirs.add(model_dir(cfg, overrides))
+        dirs.add(model_dir(cfg, [*overrides, *codec_settings(cfg, spec["codec"])]))
         if ablation == "objective":
             assert train_cfg.diffusion.objective == cell and train_cfg.diffusion.timestep_sampling == "uniform"
         if ablation == "action_injection":
@@ -78,8 +80,9 @@ def test_ablation_cells_are_swept_and_compose(ablation):
         if ablation == "vid2world":
             assert train_cfg.model.temporal_conv == 3 and train_cfg.diffusion.action_dropout == 0.2
             assert (train_cfg.training.causalize is None) == cell.startswith("scratch")
-    # One model per training: the sampling-steps cells share one, guided cells their unguided twin's.
-    assert len(dirs) == {"sampling_steps": 1, "vid2world": 4, "latent": len(cells) - 1}.get(ablation, len(cells))
+    # One model per training: the sampling-steps cells share one, guided cells their unguided twin's;
+    # the two JEPA-predictor cells train none.
+    assert len(dirs) == {"sampling_steps": 1, "vid2world": 4, "latent": len(cells) - 2}.get(ablation, len(cells))
 
 
 def test_unknown_cell_is_refused(tmp_path):
@@ -158,9 +161,10 @@ def test_jepa_predictor_cell_plans_with_the_codecs_own_predictor(wall_data, tmp_
     out = tmp_path / "sweep"
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         codec = [o for o in CODEC_OVERRIDES["jepa"] if o != "train.steps=2"] + [  # enough to open adaLN-Zero's gates
-            "train.steps=10", "train.warmup_steps=1", "train.lr=3e-3"]
+            "train.steps=10", "train.warmup_steps=1", "train.lr=3e-3", "model.proprio_dim=null"]
         cfg = compose("sweep", [*sweep_overrides(wall_data, out), "ablation=latent", "cell=jepa_predictor",
-                                f"codec_overrides.jepa={quoted(codec)}", "baselines=false"])
+                                f"codec_overrides.jepa={quoted(codec)}", "baselines=false",
+                                f"plan_overrides={quoted([*TINY_PLAN, 'objective=dino_wm_default'])}"])  # + the proprio term
         result = run_cell(cfg)
     assert result["checkpoint"] == f"jepa:{(out / 'codecs' / 'jepa').absolute()}" and not (out / "models").exists()
     assert result["quality"] is None and result["tracking"] is None and result["sensitivity"]["sampler"] is None
@@ -168,8 +172,18 @@ def test_jepa_predictor_cell_plans_with_the_codecs_own_predictor(wall_data, tmp_
     assert len({mse["ground_truth"], mse["zero"], mse["random"]}) == 3  # the predictor reads its actions
     assert result["plan"]["episodes"] == 2
     plan = json.loads((out / "cells" / "jepa_predictor" / "plan" / "results.json").read_text())
-    assert plan["config"]["objective"]["proprio_weight"] == 0 and plan["config"]["world_model"] == result["checkpoint"]
+    assert plan["config"]["objective"]["proprio_weight"] == 1 and plan["config"]["world_model"] == result["checkpoint"]
     assert "world_model=codec (its own predictor)" in (out / "sweep.md").read_text()
+    assert result["sensitivity"]["proprio_mse"]["zero"] >= 0  # the JEPA predicts proprio too
+    # The codec's settings are recorded; a rerun that asks for other ones is refused, not served the old codec.
+    assert json.loads((out / "codecs" / "jepa.overrides.json").read_text())[-len(codec):] == codec
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        other = compose("sweep", [*sweep_overrides(wall_data, out), "ablation=latent", "cell=jepa_predictor",
+                                  f"codec_overrides.jepa={quoted([*codec, 'train.seed=1'])}", "baselines=false",
+                                  f"plan_overrides={quoted([*TINY_PLAN, 'objective=dino_wm_default'])}"])
+        (out / "cells" / "jepa_predictor" / "cell.json").unlink()
+        with pytest.raises(ValueError, match=r"codec .*codecs/jepa was trained with \[.*this sweep asks for .*train.seed=1"):
+            run_cell(other)
 
 
 @pytest.mark.parametrize("spec, message", [

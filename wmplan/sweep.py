@@ -139,14 +139,29 @@ CODEC_TRAINERS = {"trained_vae": train_vae_codec, "jepa": train_jepa_codec}
 
 
 def prepare_codec(cfg: DictConfig, name: str | None) -> None:
-    """Train the cell's codec into ``out_dir/codecs/<name>`` unless it is there (once per sweep)."""
+    """Train the cell's codec into ``out_dir/codecs/<name>`` unless it is there (once per sweep).
+    The settings it was trained with sit beside it (``<name>.overrides.json``); a rerun whose
+    ``codec_overrides`` differ is refused rather than served the old codec."""
     if name is None:
         return
     out = codec_dir(cfg, name)
+    settings = codec_settings(cfg, name)
+    record = out.with_name(f"{name}.overrides.json")
     with exclusive_lock(out.parent / f"{name}.lock"):
-        if not out.exists():
-            log.info(f"training the {name} codec into {out}")
-            CODEC_TRAINERS[name](cfg, out)
+        if out.exists():
+            trained = json.loads(record.read_text()) if record.exists() else None
+            if trained != settings:
+                raise ValueError(f"codec {out} was trained with {trained if trained is not None else 'unrecorded settings'}, "
+                                 f"this sweep asks for {settings}: delete {out} to retrain it, or use another out_dir")
+            return
+        log.info(f"training the {name} codec into {out}")
+        CODEC_TRAINERS[name](cfg, out)
+        write_json_atomic(record, settings)
+
+
+def codec_settings(cfg: DictConfig, name: str | None) -> list[str]:
+    """The overrides a cell's codec trains with (none for a cell without a trained codec)."""
+    return [] if name is None else [*env_overrides(cfg), *cfg.codec_overrides[name]]
 
 
 def env_overrides(cfg: DictConfig) -> list[str]:
@@ -155,7 +170,8 @@ def env_overrides(cfg: DictConfig) -> list[str]:
 
 
 def model_dir(cfg: DictConfig, overrides: Sequence[str]) -> Path:
-    """Cells with equal training overrides share one model folder."""
+    """Cells with equal training overrides (a trained codec's own settings included) share one
+    model folder."""
     key = hashlib.sha256("\n".join(overrides).encode()).hexdigest()[:12]
     return Path(cfg.out_dir) / "models" / key
 
@@ -172,7 +188,7 @@ def train_cell(cfg: DictConfig, spec: dict[str, Any]) -> str:
     if spec["init"] is not None:
         pretrain(cfg)  # resumes to its budget, or returns at once when done
     overrides = train_overrides(cfg, spec)
-    out = model_dir(cfg, overrides)
+    out = model_dir(cfg, [*overrides, *codec_settings(cfg, spec["codec"])])  # a new codec, a new model
     with exclusive_lock(out / "train.lock"):
         (out / "overrides.json").parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / "overrides.json", overrides)
