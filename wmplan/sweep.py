@@ -415,6 +415,7 @@ def plot_success(success, speed, planned: list[dict[str, Any]], baselines: dict[
     if baselines:
         success.legend(fontsize=8)
     success.set(ylim=(0, 1.05), ylabel="MPC success", title="planning (95% CI)")
+    success.tick_params(axis="x", labelrotation=30, labelsize=8)  # long cell names stay apart
     for c in planned:
         speed.scatter(c["plan"]["plan_time_mean_s"], c["plan"]["success_rate"])
         speed.annotate(c["cell"], (c["plan"]["plan_time_mean_s"], c["plan"]["success_rate"]), fontsize=8)
