@@ -146,11 +146,13 @@ def test_experiment_recipes_build_a_model(experiment):
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("train", overrides=[f"experiment={experiment}"])
         vae = compose("train_vae", overrides=[f"env={cfg.env.name}"]).train
-    assert cfg.env.name in experiment  # wall_random_door, vid2world_wall
+        jepa = compose("train_jepa", overrides=[f"env={cfg.env.name}"]).model
+    assert cfg.env.name in experiment  # wall_random_door, vid2world_wall, wall_jepa
     latent = CodecConfig(**OmegaConf.to_container(cfg.latent, resolve=True))
-    # the latent side the codec will give: pixels are resized, the trained VAE downsamples
-    side = latent.pixel_size if latent.name == "pixels" else cfg.env.resolution // 2 ** (len(vae.block_out_channels) - 1)
-    channels = 3 if latent.name == "pixels" else vae.latent_channels
+    # the latent side the codec will give: pixels are resized, the trained VAE downsamples, the
+    # JEPA gives one embed_dim token per frame
+    side = {"pixels": latent.pixel_size, "jepa": 1}.get(latent.name, cfg.env.resolution // 2 ** (len(vae.block_out_channels) - 1))
+    channels = {"pixels": 3, "jepa": jepa.embed_dim}.get(latent.name, vae.latent_channels)
     model = {**OmegaConf.to_container(cfg.model), "latent_channels": channels, "latent_size": side}
     with torch.device("meta"):
         NanoWM(NanoWMConfig(**model))
