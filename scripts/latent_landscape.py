@@ -9,6 +9,11 @@ Encodes ``--frames`` random validation frames, draws ``--pairs`` random pairs, a
 Spearman correlation of latent MSE with the env's own distance (``env.evaluate``, the success
 test's distance), the mean latent MSE per band of env distance, and how often a pair from the
 farthest half lies closer in latent space than the median pair within the success radius band.
+
+``--probe-frames N`` also asks whether the latent holds the state at all: a ridge regression
+from the latent to each env state dimension, fitted on N training frames and scored on the
+validation frames (RMSE next to the dimension's std, which a probe that knows nothing scores).
+``--angle-dims`` are regressed as (cos, sin) and scored in degrees (PushT's block angle: 4).
 """
 
 from __future__ import annotations
@@ -32,6 +37,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--frames", type=int, default=512, help="random validation frames to encode")
     p.add_argument("--pairs", type=int, default=20000, help="random pairs of those frames")
     p.add_argument("--bands", type=int, default=6, help="env-distance bands (quantiles) in the table")
+    p.add_argument("--probe-frames", type=int, default=0, help="training frames for the state probe (0: no probe)")
+    p.add_argument("--ridge", type=float, default=1.0, help="the probe's ridge penalty")
+    p.add_argument("--angle-dims", type=int, nargs="*", default=[], help="state dimensions that are angles (radians)")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -45,15 +53,22 @@ def load_model(name: str) -> Any:
     return WorldModel.from_checkpoint(name, precision="fp32")
 
 
-def landscape(wm: Any, dataset: str, frames: int, pairs: int, seed: int) -> dict[str, np.ndarray]:
-    """Env distance and latent (and proprio, where the model has it) MSE of random frame pairs."""
-    data = ClipDataset(dataset, num_frames=1, frameskip=1, split="val")
-    rng = np.random.default_rng(seed)
+def encode_frames(wm: Any, dataset: str, split: str, frames: int, rng: np.random.Generator) -> tuple[dict, np.ndarray]:
+    """The encoding of ``frames`` random frames of ``split`` (drawn with ``rng``) and their env states [N, S]."""
+    data = ClipDataset(dataset, num_frames=1, frameskip=1, split=split)
     items = [data[int(i)] for i in rng.choice(len(data), size=min(frames, len(data)), replace=False)]
     pixels = np.stack([it["pixels"][0] for it in items])  # [N, H, W, 3]
-    states = np.stack([it["states"][0] for it in items])  # [N, S]
+    proprio = np.stack([it["proprio"][0] for it in items])  # [N, P]
     with torch.no_grad():
-        enc = wm.encode({"pixels": pixels, "proprio": np.stack([it["proprio"][0] for it in items])})
+        parts = [wm.encode({"pixels": pixels[i:i + 256], "proprio": proprio[i:i + 256]}) for i in range(0, len(items), 256)]
+    enc = {key: None if parts[0][key] is None else torch.cat([p[key] for p in parts]) for key in ("latents", "proprio")}
+    return enc, np.stack([it["states"][0] for it in items])
+
+
+def landscape(wm: Any, dataset: str, frames: int, pairs: int, seed: int) -> dict[str, np.ndarray]:
+    """Env distance and latent (and proprio, where the model has it) MSE of random frame pairs."""
+    rng = np.random.default_rng(seed)
+    enc, states = encode_frames(wm, dataset, "val", frames, rng)
     z = enc["latents"].flatten(1).float().numpy()  # [N, D]
     i, j = rng.integers(len(z), size=(2, pairs))
     keep = i != j
@@ -84,10 +99,49 @@ def report(pairs: dict[str, np.ndarray], bands: int) -> None:
                   f"{np.quantile(band, 0.9):.4f} | {len(band)}")
 
 
+def state_probe(wm: Any, dataset: str, train_frames: int, val_frames: int, seed: int, ridge: float = 1.0,
+                angle_dims: Sequence[int] = ()) -> dict[int, dict[str, float]]:
+    """Per state dimension: held-out RMSE of a ridge probe from the latent, and the dimension's
+    std; for ``angle_dims`` the median and 90th-percentile angle error in degrees instead."""
+    rng = np.random.default_rng(seed)
+    fit, fit_states = encode_frames(wm, dataset, "train", train_frames, rng)
+    held, held_states = encode_frames(wm, dataset, "val", val_frames, rng)
+
+    def features(enc: dict) -> np.ndarray:  # [N, D + 1]: the flattened latent and a bias
+        z = enc["latents"].flatten(1).float().numpy()
+        return np.c_[z, np.ones(len(z))]
+
+    def targets(states: np.ndarray) -> np.ndarray:  # angles as (cos, sin), the rest as they are
+        cols = [np.c_[np.cos(states[:, d]), np.sin(states[:, d])] if d in angle_dims else states[:, d:d + 1]
+                for d in range(states.shape[1])]
+        return np.concatenate(cols, axis=1)
+
+    x, y = features(fit), targets(fit_states)
+    weights = np.linalg.solve(x.T @ x + ridge * np.eye(x.shape[1]), x.T @ y)
+    guess, truth = features(held) @ weights, targets(held_states)
+    out, col = {}, 0
+    for d in range(held_states.shape[1]):
+        if d in angle_dims:
+            error = np.angle(np.exp(1j * (np.arctan2(guess[:, col + 1], guess[:, col]) - held_states[:, d])))
+            deg = np.degrees(np.abs(error))
+            out[d] = {"median_deg": float(np.median(deg)), "p90_deg": float(np.quantile(deg, 0.9))}
+            col += 2
+        else:
+            out[d] = {"rmse": float(np.sqrt(((guess[:, col] - truth[:, col]) ** 2).mean())), "std": float(truth[:, col].std())}
+            col += 1
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     wm = load_model(args.world_model)
     report(landscape(wm, args.dataset, args.frames, args.pairs, args.seed), args.bands)
+    if args.probe_frames:
+        probe = state_probe(wm, args.dataset, args.probe_frames, args.frames, args.seed, args.ridge, args.angle_dims)
+        print(f"state probe (ridge {args.ridge}, {args.probe_frames} training / {args.frames} validation frames):")
+        for d, m in probe.items():
+            print(f"  state[{d}]: " + (f"angle error median {m['median_deg']:.1f} deg, 90th pct {m['p90_deg']:.1f}"
+                                       if "median_deg" in m else f"RMSE {m['rmse']:.3g} (std {m['std']:.3g})"))
 
 
 if __name__ == "__main__":

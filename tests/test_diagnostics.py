@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 from wmplan.config_dir import CONFIG_DIR
@@ -209,6 +210,26 @@ def test_latent_landscape_pairs_env_and_latent_distances(checkpoint, dataset, ca
     # The proprio is the dot's position: its distance ranks pairs exactly as the env's does.
     from scipy.stats import spearmanr
     assert spearmanr(pairs["env"], pairs["proprio"])[0] > 0.99
-    script.main(["--world-model", str(checkpoint), "--dataset", str(dataset), "--frames", "16", "--pairs", "200"])
+    script.main(["--world-model", str(checkpoint), "--dataset", str(dataset), "--frames", "16", "--pairs", "200",
+                 "--probe-frames", "64", "--angle-dims", "2"])
     printed = capsys.readouterr().out
     assert "latent: Spearman with env distance" in printed and "proprio: Spearman" in printed
+    assert "state[0]: RMSE" in printed and "state[2]: angle error median" in printed
+
+
+def test_state_probe_reads_what_the_latent_holds(checkpoint, dataset):
+    """A latent that is the dot's position (Wall's proprio) is probed exactly; a pixel model's
+    latent gives finite errors; a dimension read as an angle is scored in degrees; seeded."""
+    script = load_script("latent_landscape")
+
+    class PositionLatent:  # encodes each frame as the dot's xy: [N, 2, 1, 1]
+        def encode(self, obs):
+            return {"latents": torch.as_tensor(obs["proprio"]).float()[:, :, None, None], "proprio": None}
+
+    exact = script.state_probe(PositionLatent(), str(dataset), train_frames=160, val_frames=40, seed=0, angle_dims=[2])
+    assert set(exact) == {0, 1, 2} and all(exact[d]["rmse"] < 1e-2 * exact[d]["std"] for d in (0, 1))
+    assert exact[2]["median_deg"] < 1e-6  # the door's y (a constant here), read as an angle
+    wm = script.load_model(str(checkpoint))
+    probe = script.state_probe(wm, str(dataset), train_frames=160, val_frames=40, seed=0, ridge=1.0, angle_dims=[2])
+    assert all(np.isfinite(probe[d]["rmse"]) for d in (0, 1)) and 0 <= probe[2]["median_deg"] <= probe[2]["p90_deg"] <= 180
+    assert probe == script.state_probe(wm, str(dataset), train_frames=160, val_frames=40, seed=0, ridge=1.0, angle_dims=[2])
