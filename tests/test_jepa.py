@@ -349,6 +349,21 @@ def test_proprio_jepa_learns_the_proprio_and_stores_its_normalisation(proprio_je
     assert not {"proprio_mean", "proprio_std"} & set(JEPA(JEPAConfig(**TINY)).state_dict())
 
 
+def test_folders_from_before_the_proprio_option_load_as_pixels_only(jepa_folder, tmp_path):
+    folder, _ = jepa_folder
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "model.safetensors").write_bytes((folder / "model.safetensors").read_bytes())
+    config = json.loads((folder / "config.json").read_text())
+    del config["model"]["proprio_dim"]  # written before the option existed
+    (old / "config.json").write_text(json.dumps(config))
+    model, _ = load_jepa(old)
+    assert model.cfg.proprio_dim == 0 and not JEPAWorldModel(model, config).uses_proprio
+    with pytest.raises(ValueError, match="pass the clips' proprio"):
+        jepa_loss(JEPA(JEPAConfig(image_size=16, action_dim=10, **{**TINY, "proprio_dim": 2})),
+                  torch.zeros(2, 3, 16, 16, 3, dtype=torch.uint8), torch.zeros(2, 2, 10), 0.1)
+
+
 def test_proprio_rollouts_carry_the_predicted_proprio(proprio_jepa_folder, wall_data):
     folder, _ = proprio_jepa_folder
     wm = JEPAWorldModel.from_folder(folder, precision="fp32")

@@ -103,7 +103,8 @@ def train_jepa(data: str | Path, out_dir: str | Path, model_cfg: dict, cfg: JEPA
     model = JEPA(model_cfg).to(device)
     if model_cfg.proprio_dim:
         mean, std = clips["train"].proprio_stats()
-        model.proprio_mean.copy_(torch.from_numpy(mean)), model.proprio_std.copy_(torch.from_numpy(std))
+        model.proprio_mean.copy_(torch.from_numpy(mean))
+        model.proprio_std.copy_(torch.from_numpy(std))
     start = time.perf_counter()
     out_dir = Path(out_dir)
     resume = out_dir.with_name(f".{out_dir.name}.resume.pt")

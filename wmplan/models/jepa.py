@@ -283,7 +283,9 @@ def jepa_loss(model: JEPA, pixels: Tensor, actions: Tensor, sigreg_weight: float
     ``pixels uint8 [B, T, H, W, 3]``, ``actions [B, T-1, Aw]``, raw ``proprio [B, T, P]``;
     gradients reach both the prediction and its target (no stop-gradient, no EMA)."""
     z = model.encode_clips(pixels)  # [B, T, K, D]
-    p = None if not model.cfg.proprio_dim else model.normalize_proprio(_need_proprio(proprio))  # [B, T, P]
+    if model.cfg.proprio_dim and proprio is None:
+        raise ValueError("this JEPA reads proprio (proprio_dim > 0): pass the clips' proprio")
+    p = model.normalize_proprio(proprio) if model.cfg.proprio_dim else None  # [B, T, P]
     pred, pred_p = model.predict(z[:, :-1], actions.to(z.device, z.dtype), None if p is None else p[:, :-1])
     pred_loss = F.mse_loss(pred.float(), z[:, 1:].float())
     reg = sigreg(z.float().flatten(2).transpose(0, 1), directions, knots, generator=generator)  # [T, B, K*D]
@@ -294,12 +296,6 @@ def jepa_loss(model: JEPA, pixels: Tensor, actions: Tensor, sigreg_weight: float
         loss = loss + proprio_weight * proprio_loss
         stats["proprio"] = proprio_loss.item()
     return loss, {"loss": loss.item(), **stats}
-
-
-def _need_proprio(proprio: Tensor | None) -> Tensor:
-    if proprio is None:
-        raise ValueError("this JEPA reads proprio (proprio_dim > 0): pass the clips' proprio")
-    return proprio
 
 
 # -- layout ------------------------------------------------------------------------------------
