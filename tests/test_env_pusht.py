@@ -130,6 +130,26 @@ def test_oracle_cost_is_the_planning_cost_of_each_candidate_final_state(env):
     assert cost[0, 2] > 1  # turned past the success angle: costly, though its `distance` is 0
 
 
+def test_pose_cost_is_the_planning_cost_on_pose_features_in_numpy_and_torch(env):
+    rng = np.random.default_rng(3)
+    starts, goals = map(np.stack, zip(*[env.sample_start_and_goal(rng) for _ in range(6)]))
+    features, goal_features = env.pose_features(starts), env.pose_features(goals)  # [6, 6]
+    assert features.shape == (6, 6)
+    np.testing.assert_allclose(np.hypot(features[:, 4], features[:, 5]), 1.0)  # the angle as a unit vector
+    expected = [env.planning_cost(s, g) for s, g in zip(starts, goals)]
+    np.testing.assert_allclose(env.pose_cost(features, goal_features), expected, rtol=1e-9)
+    # torch, with candidates broadcast against one goal; a probe's (cos, sin) need not be unit length
+    scaled = torch.from_numpy(features)
+    scaled[:, 4:] *= 0.3
+    cost = env.pose_cost(scaled[None], torch.from_numpy(goal_features)[:, None])  # [goal 6, candidate 6]
+    np.testing.assert_allclose(cost.diagonal().numpy(), expected, rtol=1e-9)
+    # the angle wraps: -3.1 and 3.1 rad are 0.083 rad apart
+    a, b = state((100, 100), (200, 200), angle=-3.1), state((100, 100), (200, 200), angle=3.1)
+    assert env.planning_cost(a, b) == pytest.approx(PLAN_BLOCK_WEIGHT * (2 * np.pi - 6.2) / SUCCESS_ANGLE)
+    with pytest.raises(ValueError, match=r"\[\.\.\., 10\]"):
+        env.pose_features(np.zeros((3, 4)))
+
+
 def test_sample_start_and_goal(env):
     starts, goals = zip(*[env.sample_start_and_goal(np.random.default_rng(i)) for i in range(12)])
     again = env.sample_start_and_goal(np.random.default_rng(0))

@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import RESOLUTION, TRAIN_OVERRIDES, compose_config
 from omegaconf import OmegaConf
 from safetensors import safe_open
@@ -400,3 +401,88 @@ def test_proprio_dim_must_match_the_dataset(wall_data, tmp_path):
         train_jepa(wall_data, tmp_path / "m", {**TINY, "proprio_dim": 3}, tiny_training(steps=1), ENV)
     with pytest.raises(ValueError, match="proprio_dim must be an int >= 0"):
         JEPAConfig(proprio_dim=-1)
+
+
+# -- pose probe (PushT) -----------------------------------------------------------------------------
+PUSHT = {"id": "wmplan/PushT-v0", "frameskip": 5, "resolution": RESOLUTION}
+
+
+@pytest.fixture(scope="module")
+def pusht_data(tmp_path_factory):
+    """Six `expert` PushT episodes of 20 steps at 16 px."""
+    from wmplan.data.collect import collect
+    from wmplan.envs.config import load_env_config
+
+    env_cfg = load_env_config("pusht", resolution=RESOLUTION, episode_length=20)
+    return collect(env_cfg, 6, "expert", 0, tmp_path_factory.mktemp("data") / "pusht", progress=False)
+
+
+@pytest.fixture(scope="module")
+def probe_jepa_folder(pusht_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("jepa_probe") / "pusht"
+    metrics = train_jepa(pusht_data, out, {**TINY, "proprio_dim": None, "probe_dim": None},
+                         tiny_training(steps=60), PUSHT)
+    return out, metrics
+
+
+def test_pose_probe_learns_the_pose_and_stores_its_normalisation(probe_jepa_folder, pusht_data):
+    from wmplan.envs.pusht import PushTEnv
+
+    folder, metrics = probe_jepa_folder
+    model, config = load_jepa(folder)
+    assert config["model"]["probe_dim"] == 6  # null: the env's pose features (agent xy, block xy, cos, sin)
+    pose = PushTEnv().pose_features(ClipDataset(pusht_data, 3, 5, "train", 0.3).train_frames("states"))
+    torch.testing.assert_close(model.pose_mean, torch.from_numpy(pose.mean(0)).float())
+    torch.testing.assert_close(model.pose_std, torch.from_numpy(pose.std(0)).float())
+    assert {"pose_mean", "pose_std", "probe.0.weight"} <= set(weights(folder))
+    assert len(metrics["val_probe_rmse"]) == len(metrics["val_probe_predicted_rmse"]) == 6
+    # Trained, the probe reads the pose better than the same weights before training (seed 0).
+    clips = ClipDataset(pusht_data, 3, 5, "train", 0.3)
+    batch = [clips[i] for i in range(0, len(clips), 3)]
+    pixels = torch.from_numpy(np.stack([c["pixels"] for c in batch]))
+    target = torch.from_numpy(np.stack([PushTEnv().pose_features(c["states"]) for c in batch]))
+    torch.manual_seed(0)
+    untrained = JEPA(model.cfg).eval()
+    untrained.pose_mean.copy_(model.pose_mean)
+    untrained.pose_std.copy_(model.pose_std)
+    with torch.no_grad():
+        errors = [F.mse_loss(m.probe_pose(m.encode_clips(pixels)), m.normalize_pose(target)).item()
+                  for m in (model, untrained)]
+    assert errors[0] < 0.7 * errors[1]
+    with pytest.raises(ValueError, match="pass the clips' pose features"):
+        jepa_loss(model.train(), pixels, torch.zeros(len(batch), 2, 10), 0.1,
+                  proprio=torch.from_numpy(np.stack([c["proprio"] for c in batch])))
+
+
+def test_probe_rollouts_read_the_pose_of_each_predicted_embedding(probe_jepa_folder, pusht_data):
+    folder, _ = probe_jepa_folder
+    wm = JEPAWorldModel.from_folder(folder, precision="fp32")
+    assert wm.has_pose_probe
+    clip = ClipDataset(pusht_data, 4, 5, "val", 0.3)[0]
+    enc = wm.encode({"pixels": clip["pixels"][:2], "proprio": clip["proprio"][:2]})
+    assert enc["pose"].shape == (2, 6)
+    context = {"latents": enc["latents"][None], "proprio": enc["proprio"][None],
+               "actions": torch.from_numpy(clip["actions"][:1])[None]}
+    actions = torch.rand(1, 4, 3, 10, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    pred = wm.make_rollout_fn(context)(actions)
+    assert pred["pose"].shape == (1, 4, 3, 6)
+    tokens = pred["latents"].flatten(-3).unsqueeze(-2)  # [1, 4, 3, K=1, D]
+    torch.testing.assert_close(pred["pose"], wm.model.read_pose(tokens))
+
+
+def test_probe_jepa_plans_with_the_pose_cost_and_others_are_refused(probe_jepa_folder, jepa_folder, checkpoint, tmp_path):
+    folder, _ = probe_jepa_folder
+    results = evaluate(plan_config(f"jepa:{folder}", tmp_path, "env=pusht", "objective=pose_probe"))
+    assert results["config"]["objective"]["pose_weight"] == 1.0
+    assert results["episodes"] == len(results["records"]) == EPISODES
+    with pytest.raises(ValueError, match=r"has no pose probe \(trained with model.probe_dim=0\)"):
+        evaluate(plan_config(f"jepa:{jepa_folder[0]}", tmp_path / "pixels", "objective=pose_probe"))
+    with pytest.raises(ValueError, match="has no pose probe: objective.pose_weight needs a JEPA"):
+        evaluate(plan_config(str(checkpoint), tmp_path / "nanowm", "objective=pose_probe"))
+
+
+def test_a_pose_probe_needs_an_env_with_pose_features(wall_data, tmp_path):
+    with pytest.raises(ValueError, match="model.probe_dim: WallEnv defines no pose features"):
+        train_jepa(wall_data, tmp_path / "m", {**TINY, "probe_dim": None}, tiny_training(steps=1), ENV)
+    with pytest.raises(ValueError, match="probe_dim must be an int >= 0"):
+        JEPAConfig(probe_dim=-2)

@@ -11,6 +11,8 @@ candidates of all B episodes run as one batch of B * S sequences through the pre
 autoregressively over the last ``history`` embeddings. No noise: the seeds are ignored.
 A JEPA trained with ``model.proprio_dim`` > 0 also reads and predicts the (normalised) proprio,
 so objectives may score it (``proprio_weight``); a pixels-only JEPA has none, so they must not.
+A JEPA trained with ``model.probe_dim`` > 0 reads the env's pose features from every encoded
+and predicted embedding (``pose``), which ``pose_weight`` scores with the env's ``pose_cost``.
 ``rollout(context, actions)`` is ``WorldModel.rollout``'s contract, so the diagnostics
 (``wmplan.diagnostics.action_sensitivity``) measure it as they measure a NanoWM.
 """
@@ -39,6 +41,7 @@ class JEPAWorldModel:
     def __init__(self, model: JEPA, config: dict, precision: str = "auto", checkpoint_hash: str | None = None):
         self.model = model.eval().requires_grad_(False)
         self.uses_proprio = bool(model.cfg.proprio_dim)
+        self.has_pose_probe = bool(model.cfg.probe_dim)
         self.device = next(model.parameters()).device
         self.precision = resolve_precision(precision, self.device)
         self.history = self.context_frames = int(model.cfg.history)
@@ -65,7 +68,8 @@ class JEPAWorldModel:
     @torch.no_grad()
     def encode(self, obs: dict[str, Any]) -> Goal:
         """obs pixels uint8 [N, H, W, 3] (or [N, T, H, W, 3]) -> latents [N, (T,) D, r, r]
-        (float32), and proprio [N, (T,) P] normalised (None for a pixels-only JEPA)."""
+        (float32), proprio [N, (T,) P] normalised (None for a pixels-only JEPA) and the pose
+        probe's features [N, (T,) F] (None without a probe)."""
         pixels = torch.as_tensor(np.asarray(obs["pixels"]))
         if pixels.dtype != torch.uint8 or pixels.ndim not in (4, 5):
             raise ValueError(f"JEPA world model expects pixels uint8 [N, (T,) H, W, 3], got {pixels.dtype} {list(pixels.shape)}")
@@ -80,7 +84,8 @@ class JEPAWorldModel:
             proprio = self.model.normalize_proprio(torch.as_tensor(np.asarray(obs["proprio"])))
             if proprio.shape[:-1] != lead:
                 raise ValueError(f"obs proprio {list(proprio.shape)} does not match pixels {list(pixels.shape)}")
-        return {"latents": latents.reshape(*lead, *latents.shape[1:]), "proprio": proprio}
+        pose = self.model.read_pose(z.float()).reshape(*lead, -1) if self.has_pose_probe else None
+        return {"latents": latents.reshape(*lead, *latents.shape[1:]), "proprio": proprio, "pose": pose}
 
     def make_rollout_fn(self, context: dict[str, Any]) -> RolloutFn:
         """Rollouts from ``context`` latents [B, T, D, r, r], actions [B, T-1, Aw] (and the
@@ -123,8 +128,8 @@ class JEPAWorldModel:
     def roll_tokens(self, z0: torch.Tensor, a0: torch.Tensor, actions: torch.Tensor,
                     p0: torch.Tensor | None = None) -> Prediction:
         """``z0 [B, Tc, K, D]``, ``a0 [B, Tc-1, Aw]``, ``actions [B, S, H, Aw]`` (, ``p0 [B, Tc, P]``)
-        -> latents ``[B, S, H, D, r, r]`` and proprio ``[B, S, H, P]`` or None; gradients flow to
-        ``actions`` when the caller enables them."""
+        -> latents ``[B, S, H, D, r, r]``, proprio ``[B, S, H, P]`` and pose features ``[B, S, H, F]``
+        (None where the model has none); gradients flow to ``actions`` when the caller enables them."""
         B, S, H, Aw = actions.shape
         if (B, Aw) != (z0.shape[0], self.action_dim):
             raise ValueError(f"actions must be [{z0.shape[0]}, S, H, {self.action_dim}], got {list(actions.shape)}")
@@ -145,7 +150,8 @@ class JEPAWorldModel:
                 p = torch.cat([p, nxt_p[:, -1:].float()], dim=1)  # + [B*S, 1, P]
         latents = tokens_to_latents(z[:, Tc:])  # [B*S, H, D, r, r]
         proprio = None if p is None else p[:, Tc:].reshape(B, S, H, -1)
-        return {"latents": latents.reshape(B, S, H, *latents.shape[2:]), "proprio": proprio}
+        pose = self.model.read_pose(z[:, Tc:]).reshape(B, S, H, -1) if self.has_pose_probe else None
+        return {"latents": latents.reshape(B, S, H, *latents.shape[2:]), "proprio": proprio, "pose": pose}
 
 
 def _sha256(path: Path, chunk: int = 1 << 20) -> str:

@@ -50,6 +50,7 @@ class JEPATrainConfig:
     sigreg_directions: int = 256  # random unit directions per step
     sigreg_knots: int = 17  # quadrature knots on [0, 3]
     proprio_weight: float = 1.0  # weight of the next-proprio MSE (models with model.proprio_dim > 0)
+    probe_weight: float = 1.0  # weight of the pose probe's MSE (models with model.probe_dim > 0)
     val_fraction: float = 0.1
     split_seed: int = 0
     val_clips: int = 256  # held-out clips for the final metrics
@@ -66,7 +67,8 @@ class JEPATrainConfig:
         for name in ("warmup_steps", "checkpoint_every", "seed", "split_seed"):
             _check_int(name, getattr(self, name), 0)
         _check_int("sigreg_knots", self.sigreg_knots, 2)
-        for name in ("lr", "weight_decay", "min_lr_ratio", "grad_clip", "sigreg_weight", "proprio_weight", "val_fraction"):
+        for name in ("lr", "weight_decay", "min_lr_ratio", "grad_clip", "sigreg_weight", "proprio_weight", "probe_weight",
+                     "val_fraction"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or not math.isfinite(value):
                 raise ValueError(f"train.{name} must be a finite number >= 0, got {value!r}")
@@ -94,7 +96,8 @@ def train_jepa(data: str | Path, out_dir: str | Path, model_cfg: dict, cfg: JEPA
     info = load_dataset_info(data)
     frameskip = int(env["frameskip"]) if env else int(info["frameskip"])
     _check_dataset(data, info, env)
-    model_cfg = _complete_model_config(model_cfg, info, frameskip)
+    pose_env = _pose_env(info) if model_cfg.get("probe_dim", 0) != 0 else None
+    model_cfg = _complete_model_config(model_cfg, info, frameskip, pose_env)
     clips = {split: ClipDataset(data, model_cfg.history + 1, frameskip, split, cfg.val_fraction, cfg.split_seed)
              for split in ("train", "val")}
     device = torch.device(default_device() if cfg.device == "auto" else cfg.device)
@@ -105,6 +108,11 @@ def train_jepa(data: str | Path, out_dir: str | Path, model_cfg: dict, cfg: JEPA
         mean, std = clips["train"].proprio_stats()
         model.proprio_mean.copy_(torch.from_numpy(mean))
         model.proprio_std.copy_(torch.from_numpy(std))
+    if model_cfg.probe_dim:
+        pose = pose_env.pose_features(clips["train"].train_frames("states"))  # [F, probe_dim]
+        model.pose_mean.copy_(torch.from_numpy(pose.mean(0)))
+        model.pose_std.copy_(torch.from_numpy(np.maximum(pose.std(0), 1e-6)))
+    clips = {split: PosedClips(c, pose_env) for split, c in clips.items()}
     start = time.perf_counter()
     out_dir = Path(out_dir)
     resume = out_dir.with_name(f".{out_dir.name}.resume.pt")
@@ -130,9 +138,39 @@ def _check_dataset(data, info: dict, env: dict | None) -> None:
         raise ValueError(f"dataset {data} has {info['resolution']} px frames, config says env.resolution={env['resolution']}")
 
 
-def _complete_model_config(model_cfg: dict, info: dict, frameskip: int) -> JEPAConfig:
-    """Fill ``image_size`` / ``action_dim`` (and ``proprio_dim`` when null) from the dataset and
-    check explicit ones against it; ``proprio_dim`` 0 trains on pixels alone."""
+def _pose_env(info: dict):
+    """The dataset's env, whose ``pose_features`` are the pose probe's targets."""
+    from wmplan.envs import make
+
+    env = make(info["env_id"]).unwrapped
+    try:
+        env.pose_features(np.zeros(int(info["state_dim"])))
+    except NotImplementedError as e:
+        raise ValueError(f"model.probe_dim: {e}") from None
+    return env
+
+
+class PosedClips:
+    """A ``ClipDataset`` whose items also carry ``pose`` float32 [T, F], the env's pose features
+    of the clip's states (zero-width without a pose env)."""
+
+    def __init__(self, clips, pose_env=None):
+        self.clips, self.pose_env = clips, pose_env
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, index: int) -> dict:
+        item = self.clips[index]
+        states = item["states"]
+        pose = self.pose_env.pose_features(states) if self.pose_env else np.zeros((len(states), 0))
+        return {**item, "pose": pose.astype(np.float32)}
+
+
+def _complete_model_config(model_cfg: dict, info: dict, frameskip: int, pose_env=None) -> JEPAConfig:
+    """Fill ``image_size`` / ``action_dim`` (and ``proprio_dim`` / ``probe_dim`` when null) from
+    the dataset and its env, and check explicit ones against them; ``proprio_dim`` 0 trains on
+    pixels alone, ``probe_dim`` 0 without a pose probe."""
     fields = dict(model_cfg)
     unknown = set(fields) - {f.name for f in dataclasses.fields(JEPAConfig)}
     if unknown:
@@ -140,6 +178,8 @@ def _complete_model_config(model_cfg: dict, info: dict, frameskip: int) -> JEPAC
     data = {"image_size": int(info["resolution"]), "action_dim": int(info["action_dim"]) * frameskip}
     if fields.get("proprio_dim", 0) != 0:
         data["proprio_dim"] = int(info["proprio_dim"])
+    if pose_env is not None:
+        data["probe_dim"] = int(pose_env.pose_features(np.zeros(int(info["state_dim"]))).shape[-1])
     for key, value in data.items():
         if fields.get(key) is None:
             fields[key] = value
@@ -148,10 +188,11 @@ def _complete_model_config(model_cfg: dict, info: dict, frameskip: int) -> JEPAC
     return JEPAConfig(**fields)
 
 
-def _batch(clips, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """pixels uint8 [B, T, H, W, 3], actions float32 [B, T-1, Aw], proprio float32 [B, T, P] of clips ``idx``."""
+def _batch(clips, idx: np.ndarray) -> tuple[torch.Tensor, ...]:
+    """pixels uint8 [B, T, H, W, 3], actions float32 [B, T-1, Aw], proprio float32 [B, T, P] and
+    pose features float32 [B, T, F] of clips ``idx``."""
     items = [clips[int(i)] for i in idx]
-    return tuple(torch.from_numpy(np.stack([x[key] for x in items])) for key in ("pixels", "actions", "proprio"))
+    return tuple(torch.from_numpy(np.stack([x[key] for x in items])) for key in ("pixels", "actions", "proprio", "pose"))
 
 
 def _lr(cfg: JEPATrainConfig, step: int) -> float:
@@ -167,13 +208,14 @@ def _step(model: JEPA, opt: torch.optim.Optimizer, clips, cfg: JEPATrainConfig, 
     """One optimizer step; its batch and SIGReg directions come from (seed, step) alone."""
     gen = torch.Generator().manual_seed(stream_seed(cfg.seed, step))
     idx = torch.randint(len(clips), (cfg.batch_size,), generator=gen).numpy()
-    pixels, actions, proprio = _batch(clips, idx)
+    pixels, actions, proprio, pose = _batch(clips, idx)
     for group in opt.param_groups:
         group["lr"] = _lr(cfg, step)
     with autocast(precision, device):
         loss, stats = jepa_loss(model, pixels.to(device), actions.to(device), cfg.sigreg_weight,
                                 cfg.sigreg_directions, cfg.sigreg_knots, generator=gen,
-                                proprio=proprio.to(device), proprio_weight=cfg.proprio_weight)
+                                proprio=proprio.to(device), proprio_weight=cfg.proprio_weight,
+                                pose=pose.to(device), probe_weight=cfg.probe_weight)
     if not torch.isfinite(loss):
         raise FloatingPointError(f"non-finite JEPA loss at step {step}: {stats}")
     opt.zero_grad(set_to_none=True)
@@ -225,16 +267,15 @@ def _sample(clips, n: int, seed: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def _embeddings(model: JEPA, clips, idx: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(z [n, T, K, D], actions [n, T-1, Aw], raw proprio [n, T, P]) of clips ``idx``, in float32,
-    64 clips per forward."""
-    zs, acts, props = [], [], []
+def _embeddings(model: JEPA, clips, idx: np.ndarray, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """(z [n, T, K, D], actions [n, T-1, Aw], raw proprio [n, T, P], raw pose features [n, T, F])
+    of clips ``idx``, in float32, 64 clips per forward."""
+    zs, rest = [], []
     for chunk in np.array_split(idx, -(-len(idx) // 64)):
-        pixels, actions, proprio = _batch(clips, chunk)
+        pixels, *others = _batch(clips, chunk)
         zs.append(model.encode_clips(pixels.to(device)).float().cpu())
-        acts.append(actions)
-        props.append(proprio)
-    return torch.cat(zs), torch.cat(acts), torch.cat(props)
+        rest.append(others)
+    return (torch.cat(zs), *(torch.cat(column) for column in zip(*rest)))
 
 
 @torch.no_grad()
@@ -264,10 +305,11 @@ def _unit_variance_scale(model: JEPA, clips, cfg: JEPATrainConfig, device: torch
 @torch.no_grad()
 def _evaluate(model: JEPA, clips, cfg: JEPATrainConfig, device: torch.device) -> dict[str, float]:
     """Held-out next-embedding MSE against copying the last embedding, and SIGReg (and the
-    normalised next-proprio MSE against copy-last, for models that read proprio)."""
+    normalised next-proprio MSE against copy-last, for models that read proprio; and the pose
+    probe's RMSE per feature in the env's units, on encoded and on predicted embeddings)."""
     from wmplan.models.jepa import sigreg
 
-    z, actions, proprio = _embeddings(model, clips, _sample(clips, cfg.val_clips, cfg.seed + 1), device)
+    z, actions, proprio, pose = _embeddings(model, clips, _sample(clips, cfg.val_clips, cfg.seed + 1), device)
     p = model.normalize_proprio(proprio.to(device)).cpu() if model.cfg.proprio_dim else None  # [n, T, P]
     pred, pred_p = model.predict(z[:, :-1].to(device), actions.to(device), None if p is None else p[:, :-1].to(device))
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -278,6 +320,12 @@ def _evaluate(model: JEPA, clips, cfg: JEPATrainConfig, device: torch.device) ->
     if p is not None:
         metrics["val_proprio_mse"] = round(F.mse_loss(pred_p.float().cpu(), p[:, 1:]).item(), 6)
         metrics["val_proprio_copy_last_mse"] = round(F.mse_loss(p[:, :-1], p[:, 1:]).item(), 6)
+    if model.probe is not None:
+        def rmse(read: torch.Tensor, true: torch.Tensor) -> list[float]:
+            return [round(x, 4) for x in (read.cpu() - true).square().flatten(0, -2).mean(0).sqrt().tolist()]
+
+        metrics["val_probe_rmse"] = rmse(model.read_pose(z.to(device)), pose)
+        metrics["val_probe_predicted_rmse"] = rmse(model.read_pose(pred.float()), pose[:, 1:])
     return metrics
 
 

@@ -361,8 +361,14 @@ class ClipDataset:
 
     def proprio_stats(self) -> tuple[np.ndarray, np.ndarray]:
         """Mean and std float32 [P] of proprio over the train episodes' frames."""
-        proprio = self.arrays["proprio"][self._frame_rows(self._train_episodes)]
+        proprio = self.train_frames("proprio")
         return proprio.mean(0).astype(np.float32), _safe_std(proprio)
+
+    def train_frames(self, key: str) -> np.ndarray:
+        """Array ``key`` ("proprio" or "states") of every frame of the train episodes, [F, ...]."""
+        if key not in ("proprio", "states"):
+            raise ValueError(f"train_frames reads 'proprio' or 'states', got {key!r}")
+        return np.asarray(self.arrays[key][self._frame_rows(self._train_episodes)])
 
     def _frame_rows(self, episodes: np.ndarray) -> np.ndarray:
         """Cache rows of the frames of ``episodes``."""

@@ -57,6 +57,18 @@ class GoalEnv(gym.Env):
     def evaluate(self, state: np.ndarray, goal_state: np.ndarray) -> dict[str, Any]:
         """The environment's own success rule: ``{"success": bool, "distance": float}``."""
 
+    # -- pose probe (optional) ------------------------------------------------------
+    def pose_features(self, states: np.ndarray) -> np.ndarray:
+        """States ``[..., state_dim]`` -> pose features float64 ``[..., F]``: what one frame shows
+        and success needs, the targets of a pose probe on learned latents (JEPA ``model.probe_dim``)."""
+        raise NotImplementedError(f"{type(self).__name__} defines no pose features: a pose probe needs an env "
+                                  "that does (PushT)")
+
+    def pose_cost(self, features: Any, goal: Any) -> Any:
+        """Planning cost ``[...]`` of pose features ``[..., F]`` against the goal's (numpy arrays or
+        torch tensors, broadcasting), for the ``pose_weight`` objective term."""
+        raise NotImplementedError(f"{type(self).__name__} defines no pose cost: use an objective with pose_weight: 0")
+
     # -- hooks (subclasses) -------------------------------------------------------
     @abstractmethod
     def _apply_action(self, action: np.ndarray) -> None:

@@ -50,6 +50,7 @@ class JEPAConfig:
     pred_heads: int = 3
     mlp_ratio: float = 4.0
     proprio_dim: int = 0  # P > 0: the predictor also reads and predicts the proprio (DINO-WM's input)
+    probe_dim: int = 0  # F > 0: a head reads the env's pose features from each embedding (a supervised probe)
 
     def __post_init__(self) -> None:
         for name in ("image_size", "action_dim", "patch_size", "width", "depth", "heads", "embed_dim",
@@ -57,8 +58,10 @@ class JEPAConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"JEPAConfig.{name} must be an int >= 1, got {value!r}")
-        if isinstance(self.proprio_dim, bool) or not isinstance(self.proprio_dim, int) or self.proprio_dim < 0:
-            raise ValueError(f"JEPAConfig.proprio_dim must be an int >= 0 (0: pixels only), got {self.proprio_dim!r}")
+        for name in ("proprio_dim", "probe_dim"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"JEPAConfig.{name} must be an int >= 0 (0: none), got {value!r}")
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if math.isqrt(self.num_tokens) ** 2 != self.num_tokens:
@@ -232,17 +235,22 @@ class Predictor(nn.Module):
 
 
 class JEPA(nn.Module):
-    """Encoder + predictor. ``encode`` frames, ``predict`` next embeddings, ``loss`` to train."""
+    """Encoder + predictor (+ pose probe). ``encode`` frames, ``predict`` next embeddings,
+    ``read_pose`` an embedding's pose features; ``jepa_loss`` trains them."""
 
     def __init__(self, cfg: JEPAConfig):
         super().__init__()
         self.cfg = cfg
         self.encoder = Encoder(cfg)
         self.predictor = Predictor(cfg)
-        # proprio normalisation of the training data (set by wmplan-train-jepa, saved with the weights
-        # when the model reads proprio)
-        self.register_buffer("proprio_mean", torch.zeros(cfg.proprio_dim), persistent=bool(cfg.proprio_dim))
-        self.register_buffer("proprio_std", torch.ones(cfg.proprio_dim), persistent=bool(cfg.proprio_dim))
+        # The probe is an MLP rather than linear: the angle's (cos, sin) is not linear in a pose-aware code.
+        KD, W = cfg.num_tokens * cfg.embed_dim, cfg.pred_width
+        self.probe = nn.Sequential(nn.Linear(KD, W), nn.GELU(), nn.Linear(W, cfg.probe_dim)) if cfg.probe_dim else None
+        # normalisation of the training data's proprio and pose features (set by wmplan-train-jepa,
+        # saved with the weights only when the model has that input or head, so older folders load)
+        for name, dim in (("proprio", cfg.proprio_dim), ("pose", cfg.probe_dim)):
+            self.register_buffer(f"{name}_mean", torch.zeros(dim), persistent=bool(dim))
+            self.register_buffer(f"{name}_std", torch.ones(dim), persistent=bool(dim))
 
     def encode(self, frames: Tensor) -> Tensor:
         """``frames [N, 3, H, W]`` uint8, or float in [0, 1] -> ``[N, K, D]``."""
@@ -268,6 +276,22 @@ class JEPA(nn.Module):
             raise ValueError(f"proprio must be [..., {self.cfg.proprio_dim}], got {list(proprio.shape)}")
         return (proprio.float().to(self.proprio_mean.device) - self.proprio_mean) / self.proprio_std
 
+    def normalize_pose(self, pose: Tensor) -> Tensor:
+        """Raw pose features ``[..., F]`` -> the normalised targets the probe is trained on."""
+        if pose.shape[-1] != self.cfg.probe_dim:
+            raise ValueError(f"pose features must be [..., {self.cfg.probe_dim}], got {list(pose.shape)}")
+        return (pose.float().to(self.pose_mean.device) - self.pose_mean) / self.pose_std
+
+    def probe_pose(self, z: Tensor) -> Tensor:
+        """Embeddings ``[..., K, D]`` -> normalised pose features ``[..., F]`` (the probe's output)."""
+        if self.probe is None:
+            raise ValueError("this JEPA has no pose probe (trained with model.probe_dim=0)")
+        return self.probe(z.flatten(-2))
+
+    def read_pose(self, z: Tensor) -> Tensor:
+        """Embeddings ``[..., K, D]`` -> pose features ``[..., F]`` in the env's units."""
+        return self.probe_pose(z).float() * self.pose_std + self.pose_mean
+
     def action_embedding_rms(self, actions: Tensor) -> float:
         """RMS of the predictor's action embedding of ``actions [B, T, Aw]`` (NanoWM's diagnostic)."""
         device = self.encoder.pos.device
@@ -276,12 +300,17 @@ class JEPA(nn.Module):
 
 def jepa_loss(model: JEPA, pixels: Tensor, actions: Tensor, sigreg_weight: float, directions: int = 256,
               knots: int = 17, generator: torch.Generator | None = None, proprio: Tensor | None = None,
-              proprio_weight: float = 1.0) -> tuple[Tensor, dict[str, float]]:
+              proprio_weight: float = 1.0, pose: Tensor | None = None, probe_weight: float = 1.0
+              ) -> tuple[Tensor, dict[str, float]]:
     """Teacher-forced next-embedding MSE + ``sigreg_weight`` * SIGReg (per time step, over the batch)
-    (+ ``proprio_weight`` * next-proprio MSE, normalised, when the model reads proprio).
+    (+ ``proprio_weight`` * next-proprio MSE, normalised, when the model reads proprio)
+    (+ ``probe_weight`` * the pose probe's MSE, normalised, on encoded and on predicted
+    embeddings, when the model has a probe: so the encoder keeps the pose and the predictor
+    predicts it).
 
-    ``pixels uint8 [B, T, H, W, 3]``, ``actions [B, T-1, Aw]``, raw ``proprio [B, T, P]``;
-    gradients reach both the prediction and its target (no stop-gradient, no EMA)."""
+    ``pixels uint8 [B, T, H, W, 3]``, ``actions [B, T-1, Aw]``, raw ``proprio [B, T, P]``, raw
+    pose features ``pose [B, T, F]``; gradients reach both the prediction and its target (no
+    stop-gradient, no EMA)."""
     z = model.encode_clips(pixels)  # [B, T, K, D]
     if model.cfg.proprio_dim and proprio is None:
         raise ValueError("this JEPA reads proprio (proprio_dim > 0): pass the clips' proprio")
@@ -295,6 +324,14 @@ def jepa_loss(model: JEPA, pixels: Tensor, actions: Tensor, sigreg_weight: float
         proprio_loss = F.mse_loss(pred_p.float(), p[:, 1:])
         loss = loss + proprio_weight * proprio_loss
         stats["proprio"] = proprio_loss.item()
+    if model.probe is not None:
+        if pose is None:
+            raise ValueError("this JEPA has a pose probe (probe_dim > 0): pass the clips' pose features")
+        target = model.normalize_pose(pose)  # [B, T, F]
+        probe_loss = (F.mse_loss(model.probe_pose(z).float(), target)
+                      + F.mse_loss(model.probe_pose(pred).float(), target[:, 1:]))
+        loss = loss + probe_weight * probe_loss
+        stats["probe"] = probe_loss.item()
     return loss, {"loss": loss.item(), **stats}
 
 

@@ -63,9 +63,11 @@ def build_planner(cfg: Any) -> Planner:
     return planner_cls(make_config(config_cls, cfg, f"planner {name!r}"))
 
 
-def build_objective(cfg: Any) -> WeightedSum:
-    """The objective described by an ``ObjectiveConfig`` (or a mapping of its fields)."""
-    return make_objective(make_config(ObjectiveConfig, as_dict(cfg), "objective"))
+def build_objective(cfg: Any, env: Any = None) -> WeightedSum:
+    """The objective described by an ``ObjectiveConfig`` (or a mapping of its fields); ``env``, the
+    planning env, supplies ``pose_cost`` for a ``pose_weight`` term."""
+    return make_objective(make_config(ObjectiveConfig, as_dict(cfg), "objective"),
+                          None if env is None else env.unwrapped.pose_cost)
 
 
 __all__ = [

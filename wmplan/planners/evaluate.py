@@ -86,16 +86,19 @@ def model_and_objective(cfg: DictConfig, env) -> tuple[Any, Any, Any, Any]:
         oracle = OracleModel(env)
         return oracle.encode, oracle.make_rollout_fn, EnvDistance(env), None
     if str(cfg.world_model).startswith("jepa:"):  # a JEPA folder's own predictor (wmplan.jepa_world_model)
-        return jepa_model_and_objective(cfg)
+        return jepa_model_and_objective(cfg, env)
     wm = checked_world_model(cfg)
 
     def make_rollout_fn(context):  # context["seeds"]: each episode's own noise (run_mpc)
         return lambda actions: wm.rollout(context, actions, seed=context["seeds"])
 
+    if cfg.objective.get("pose_weight", 0) > 0:
+        raise ValueError(f"{cfg.world_model} has no pose probe: objective.pose_weight needs a JEPA trained with "
+                         "model.probe_dim (world_model=jepa:<folder>)")
     return wm.encode, make_rollout_fn, build_objective(cfg.objective), wm
 
 
-def jepa_model_and_objective(cfg: DictConfig) -> tuple[Any, Any, Any, Any]:
+def jepa_model_and_objective(cfg: DictConfig, env) -> tuple[Any, Any, Any, Any]:
     """``world_model=jepa:<folder>``: a folder written by ``wmplan-train-jepa``, checked against the env."""
     from wmplan.jepa_world_model import JEPAWorldModel
 
@@ -103,11 +106,14 @@ def jepa_model_and_objective(cfg: DictConfig) -> tuple[Any, Any, Any, Any]:
     if cfg.objective.get("proprio_weight", 0) > 0 and not wm.uses_proprio:
         raise ValueError(f"{cfg.world_model} predicts no proprio (trained with model.proprio_dim=0): "
                          "set objective.proprio_weight=0 (e.g. objective=dino_wm_maze)")
+    if cfg.objective.get("pose_weight", 0) > 0 and not wm.has_pose_probe:
+        raise ValueError(f"{cfg.world_model} has no pose probe (trained with model.probe_dim=0): "
+                         "set objective.pose_weight=0")
     try:
         wm.check_env(cfg.env.id, cfg.env.frameskip, cfg.env.resolution)
     except ValueError as err:
         raise ValueError(f"JEPA model {cfg.world_model}: {err}") from None
-    return wm.encode, wm.make_rollout_fn, build_objective(cfg.objective), wm
+    return wm.encode, wm.make_rollout_fn, build_objective(cfg.objective, env), wm
 
 
 def prediction_decoder(wm: Any) -> Callable | None:

@@ -41,6 +41,7 @@ class ObjectiveConfig:
     latent_weight: float = 1.0
     proprio_weight: float = 0.0  # DINO-WM alpha: 1 for PushT and Wall, 0 for Maze
     action_weight: float = 0.0
+    pose_weight: float = 0.0  # the env's pose_cost on a pose probe's features (JEPA with model.probe_dim)
 
 
 def check_frames(frames: Frames) -> Frames:
@@ -166,6 +167,24 @@ class ProprioDistance:
         return weighted_over_frames(per_frame, frame_weights(self.frames, p.shape[2], p.device))
 
 
+class PoseCost:
+    """The env's ``pose_cost`` of predicted pose features [B, S, H, F] against the goal's [B, F],
+    weighted over frames: a pose probe's reading scored as the env scores success."""
+
+    def __init__(self, pose_cost: Callable[[Tensor, Tensor], Tensor], frames: Frames = "last"):
+        self.pose_cost, self.frames = pose_cost, check_frames(frames)
+
+    def __call__(self, pred: Prediction, goal: Goal, actions: Tensor) -> Tensor:
+        p, g = pred.get("pose"), goal.get("pose")
+        if p is None or g is None:
+            raise ValueError("the pose term needs a world model with a pose probe (a JEPA trained with "
+                             "model.probe_dim); set pose_weight: 0")
+        if p.dim() != 4 or g.dim() != 2 or p.shape[0] != g.shape[0] or p.shape[-1] != g.shape[-1]:
+            raise ValueError(f"pose shapes {tuple(p.shape)} vs goal {tuple(g.shape)}; expected [B,S,H,F] and [B,F]")
+        per_frame = self.pose_cost(p, g[:, None, None].to(p))  # [B, S, H]
+        return weighted_over_frames(per_frame, frame_weights(self.frames, p.shape[2], p.device))
+
+
 class ActionMagnitude:
     """Mean squared action [B, S] over the horizon and action dimensions."""
 
@@ -195,8 +214,14 @@ def check_latents(latents: Tensor, target: Tensor) -> None:
         raise ValueError(f"pred latents {tuple(latents.shape)} do not match goal latents {tuple(target.shape)}")
 
 
-def make_objective(cfg: ObjectiveConfig) -> WeightedSum:
-    """The weighted sum described by ``cfg``; terms with weight 0 are left out."""
+def make_objective(cfg: ObjectiveConfig, pose_cost: Callable[[Tensor, Tensor], Tensor] | None = None) -> WeightedSum:
+    """The weighted sum described by ``cfg``; terms with weight 0 are left out. ``pose_cost``:
+    the planning env's (``GoalEnv.pose_cost``), needed when ``pose_weight`` > 0."""
+    weights = [cfg.latent_weight, cfg.proprio_weight, cfg.action_weight, cfg.pose_weight]
+    if any(w < 0 for w in weights):
+        raise ValueError(f"objective weights must be >= 0, got {weights}")
+    if cfg.pose_weight > 0 and pose_cost is None:
+        raise ValueError("objective.pose_weight > 0 needs the planning env's pose_cost")
     frames: Frames = cfg.frame_weights if cfg.frame_weights is not None else cfg.frames
     views = make_views(cfg.pyramid_levels, cfg.blur_sigmas)
     terms: list[tuple[float, Objective]] = [
@@ -204,6 +229,6 @@ def make_objective(cfg: ObjectiveConfig) -> WeightedSum:
         (cfg.proprio_weight, ProprioDistance(frames)),
         (cfg.action_weight, ActionMagnitude()),
     ]
-    if any(w < 0 for w, _ in terms):
-        raise ValueError(f"objective weights must be >= 0, got {[w for w, _ in terms]}")
+    if cfg.pose_weight > 0:
+        terms.append((cfg.pose_weight, PoseCost(pose_cost, frames)))
     return WeightedSum([(w, term) for w, term in terms if w > 0])
