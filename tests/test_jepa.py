@@ -486,3 +486,12 @@ def test_a_pose_probe_needs_an_env_with_pose_features(wall_data, tmp_path):
         train_jepa(wall_data, tmp_path / "m", {**TINY, "probe_dim": None}, tiny_training(steps=1), ENV)
     with pytest.raises(ValueError, match="probe_dim must be an int >= 0"):
         JEPAConfig(probe_dim=-2)
+
+
+def test_max_train_episodes_trains_on_fewer_episodes_and_keeps_the_val_split(jepa_folder, wall_data, tmp_path):
+    _, full = jepa_folder
+    metrics = train_jepa(wall_data, tmp_path / "m", TINY, tiny_training(steps=1, max_train_episodes=2), ENV)
+    per_episode = full["train_clips"] / 5  # 6 episodes, 1 in val (val_fraction 0.3), all of equal length
+    assert metrics["train_clips"] == 2 * per_episode and metrics["val_clips"] == full["val_clips"]
+    with pytest.raises(ValueError, match="has 5 train episodes, fewer than max_train_episodes=6"):
+        train_jepa(wall_data, tmp_path / "n", TINY, tiny_training(steps=1, max_train_episodes=6), ENV)

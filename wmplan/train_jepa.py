@@ -53,6 +53,7 @@ class JEPATrainConfig:
     probe_weight: float = 1.0  # weight of the pose probe's MSE (models with model.probe_dim > 0)
     val_fraction: float = 0.1
     split_seed: int = 0
+    max_train_episodes: int | None = None  # keep only the first N train episodes (learning curves)
     val_clips: int = 256  # held-out clips for the final metrics
     scale_clips: int = 512  # training clips whose embeddings set the codec's scaling factor
     seed: int = 0
@@ -76,6 +77,8 @@ class JEPATrainConfig:
             raise ValueError(f"train.batch_size must be >= 2 (SIGReg tests a batch's distribution), got {self.batch_size}")
         if self.device not in ("auto", "cpu", "cuda", "mps") and not str(self.device).startswith("cuda:"):
             raise ValueError(f"train.device must be auto, cpu, cuda[:i] or mps, got {self.device!r}")
+        if self.max_train_episodes is not None:
+            _check_int("max_train_episodes", self.max_train_episodes, 1)
         self.precision = check_precision(self.precision)
 
 
@@ -98,7 +101,8 @@ def train_jepa(data: str | Path, out_dir: str | Path, model_cfg: dict, cfg: JEPA
     _check_dataset(data, info, env)
     pose_env = _pose_env(info) if model_cfg.get("probe_dim", 0) != 0 else None
     model_cfg = _complete_model_config(model_cfg, info, frameskip, pose_env)
-    clips = {split: ClipDataset(data, model_cfg.history + 1, frameskip, split, cfg.val_fraction, cfg.split_seed)
+    clips = {split: ClipDataset(data, model_cfg.history + 1, frameskip, split, cfg.val_fraction, cfg.split_seed,
+                                max_train_episodes=cfg.max_train_episodes if split == "train" else None)
              for split in ("train", "val")}
     device = torch.device(default_device() if cfg.device == "auto" else cfg.device)
     precision = resolve_precision(cfg.precision, device)
