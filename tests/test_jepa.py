@@ -468,6 +468,17 @@ def test_probe_rollouts_read_the_pose_of_each_predicted_embedding(probe_jepa_fol
     assert pred["pose"].shape == (1, 4, 3, 6)
     tokens = pred["latents"].flatten(-3).unsqueeze(-2)  # [1, 4, 3, K=1, D]
     torch.testing.assert_close(pred["pose"], wm.model.read_pose(tokens))
+    # With the env's pose_from_proprio the agent's xy comes from the observed / predicted proprio.
+    from wmplan.envs.pusht import PushTEnv
+
+    hooked = JEPAWorldModel.from_folder(folder, precision="fp32", pose_from_proprio=PushTEnv().pose_from_proprio)
+    enc_h = hooked.encode({"pixels": clip["pixels"][:2], "proprio": clip["proprio"][:2]})
+    torch.testing.assert_close(enc_h["pose"][:, :2], torch.from_numpy(clip["proprio"][:2, :2]))
+    torch.testing.assert_close(enc_h["pose"][:, 2:], enc["pose"][:, 2:])
+    pred_h = hooked.make_rollout_fn(context)(actions)
+    raw_proprio = pred_h["proprio"] * hooked.model.proprio_std + hooked.model.proprio_mean
+    torch.testing.assert_close(pred_h["pose"][..., :2], raw_proprio[..., :2])
+    torch.testing.assert_close(pred_h["pose"][..., 2:], pred["pose"][..., 2:])
 
 
 def test_probe_jepa_plans_with_the_pose_cost_and_others_are_refused(probe_jepa_folder, jepa_folder, checkpoint, tmp_path):

@@ -12,7 +12,9 @@ autoregressively over the last ``history`` embeddings. No noise: the seeds are i
 A JEPA trained with ``model.proprio_dim`` > 0 also reads and predicts the (normalised) proprio,
 so objectives may score it (``proprio_weight``); a pixels-only JEPA has none, so they must not.
 A JEPA trained with ``model.probe_dim`` > 0 reads the env's pose features from every encoded
-and predicted embedding (``pose``), which ``pose_weight`` scores with the env's ``pose_cost``.
+and predicted embedding (``pose``), which ``pose_weight`` scores with the env's ``pose_cost``;
+given the planning env's ``pose_from_proprio``, the features the proprio carries exactly (PushT:
+the agent's xy) come from the observed or predicted proprio instead of the probe.
 ``rollout(context, actions)`` is ``WorldModel.rollout``'s contract, so the diagnostics
 (``wmplan.diagnostics.action_sensitivity``) measure it as they measure a NanoWM.
 """
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -38,10 +40,12 @@ class JEPAWorldModel:
 
     sampler = None  # deterministic: nothing to sample
 
-    def __init__(self, model: JEPA, config: dict, precision: str = "auto", checkpoint_hash: str | None = None):
+    def __init__(self, model: JEPA, config: dict, precision: str = "auto", checkpoint_hash: str | None = None,
+                 pose_from_proprio: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None):
         self.model = model.eval().requires_grad_(False)
         self.uses_proprio = bool(model.cfg.proprio_dim)
         self.has_pose_probe = bool(model.cfg.probe_dim)
+        self.pose_from_proprio = pose_from_proprio if self.uses_proprio else None
         self.device = next(model.parameters()).device
         self.precision = resolve_precision(precision, self.device)
         self.history = self.context_frames = int(model.cfg.history)
@@ -51,12 +55,14 @@ class JEPAWorldModel:
         self.checkpoint_hash = checkpoint_hash
 
     @classmethod
-    def from_folder(cls, folder: str | Path, precision: str = "auto") -> "JEPAWorldModel":
+    def from_folder(cls, folder: str | Path, precision: str = "auto",
+                    pose_from_proprio: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> "JEPAWorldModel":
         """Load a folder written by ``wmplan-train-jepa`` (``jepa:`` prefix allowed)."""
         folder = str(folder)
         folder = Path(folder[len(PREFIX):] if folder.startswith(PREFIX) else folder).expanduser()
         model, config = load_jepa(folder)
-        return cls(model, config, precision, checkpoint_hash=_sha256(folder / WEIGHTS_FILE))
+        return cls(model, config, precision, checkpoint_hash=_sha256(folder / WEIGHTS_FILE),
+                   pose_from_proprio=pose_from_proprio)
 
     def check_env(self, env_id: str, frameskip: int, resolution: int) -> None:
         """A ValueError naming the first setting in which the planning env differs from training."""
@@ -84,7 +90,7 @@ class JEPAWorldModel:
             proprio = self.model.normalize_proprio(torch.as_tensor(np.asarray(obs["proprio"])))
             if proprio.shape[:-1] != lead:
                 raise ValueError(f"obs proprio {list(proprio.shape)} does not match pixels {list(pixels.shape)}")
-        pose = self.model.read_pose(z.float()).reshape(*lead, -1) if self.has_pose_probe else None
+        pose = self.read_pose(z.float(), proprio).reshape(*lead, -1) if self.has_pose_probe else None
         return {"latents": latents.reshape(*lead, *latents.shape[1:]), "proprio": proprio, "pose": pose}
 
     def make_rollout_fn(self, context: dict[str, Any]) -> RolloutFn:
@@ -150,8 +156,18 @@ class JEPAWorldModel:
                 p = torch.cat([p, nxt_p[:, -1:].float()], dim=1)  # + [B*S, 1, P]
         latents = tokens_to_latents(z[:, Tc:])  # [B*S, H, D, r, r]
         proprio = None if p is None else p[:, Tc:].reshape(B, S, H, -1)
-        pose = self.model.read_pose(z[:, Tc:]).reshape(B, S, H, -1) if self.has_pose_probe else None
+        pose = self.read_pose(z[:, Tc:], None if p is None else p[:, Tc:]).reshape(B, S, H, -1) if self.has_pose_probe else None
         return {"latents": latents.reshape(B, S, H, *latents.shape[2:]), "proprio": proprio, "pose": pose}
+
+
+    def read_pose(self, z: torch.Tensor, proprio: torch.Tensor | None) -> torch.Tensor:
+        """The probe's pose features of embeddings ``[..., K, D]``, with those the normalised
+        ``proprio [..., P]`` carries taken from it (``pose_from_proprio``) -> ``[..., F]``."""
+        pose = self.model.read_pose(z)
+        if self.pose_from_proprio is None or proprio is None:
+            return pose
+        raw = proprio.reshape(*pose.shape[:-1], -1) * self.model.proprio_std + self.model.proprio_mean
+        return self.pose_from_proprio(pose, raw)
 
 
 def _sha256(path: Path, chunk: int = 1 << 20) -> str:

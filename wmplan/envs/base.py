@@ -69,6 +69,11 @@ class GoalEnv(gym.Env):
         torch tensors, broadcasting), for the ``pose_weight`` objective term."""
         raise NotImplementedError(f"{type(self).__name__} defines no pose cost: use an objective with pose_weight: 0")
 
+    def pose_from_proprio(self, pose: Any, proprio: Any) -> Any:
+        """Pose features ``[..., F]`` (torch) with those the raw proprio ``[..., P]`` carries
+        exactly taken from it: a probe reads them from pixels only approximately. None here."""
+        return pose
+
     # -- hooks (subclasses) -------------------------------------------------------
     @abstractmethod
     def _apply_action(self, action: np.ndarray) -> None:

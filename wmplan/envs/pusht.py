@@ -227,6 +227,12 @@ class PushTEnv(GoalEnv):
         w = PLAN_BLOCK_WEIGHT
         return (agent_sq + w**2 * block_sq) ** 0.5 / SUCCESS_POSITION + w * angle / SUCCESS_ANGLE
 
+    def pose_from_proprio(self, pose, proprio):
+        """The agent's xy from the proprio (agent xy, agent velocity), the block's pose from the probe."""
+        import torch  # here: the env itself stays torch-free
+
+        return torch.cat([proprio[..., :2].to(pose), pose[..., 2:]], dim=-1)
+
     def _errors(self, state: np.ndarray, goal_state: np.ndarray) -> tuple[float, float, float]:
         """(agent xy error px, block xy error px, block angle error rad in [0, pi]) of ``state`` to the goal."""
         s, g = self._check_state(state), self._check_state(goal_state)

@@ -102,7 +102,7 @@ def jepa_model_and_objective(cfg: DictConfig, env) -> tuple[Any, Any, Any, Any]:
     """``world_model=jepa:<folder>``: a folder written by ``wmplan-train-jepa``, checked against the env."""
     from wmplan.jepa_world_model import JEPAWorldModel
 
-    wm = JEPAWorldModel.from_folder(cfg.world_model, precision=cfg.precision)
+    wm = JEPAWorldModel.from_folder(cfg.world_model, precision=cfg.precision, pose_from_proprio=env.unwrapped.pose_from_proprio)
     if cfg.objective.get("proprio_weight", 0) > 0 and not wm.uses_proprio:
         raise ValueError(f"{cfg.world_model} predicts no proprio (trained with model.proprio_dim=0): "
                          "set objective.proprio_weight=0 (e.g. objective=dino_wm_maze)")
