@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from wmplan.config_dir import config_path
+from wmplan.envs.pusht import PushTEnv
 from wmplan.planners import build_objective
 from wmplan.planners.objectives import (
     ActionMagnitude,
@@ -129,13 +130,21 @@ def test_multiscale_has_slope_where_plain_mse_is_flat():
 
 
 def test_objective_configs_build_and_score():
-    pred = pred_of(torch.rand(2, 4, 5, 3, 16, 16), torch.rand(2, 4, 5, 2))
-    goal = {"latents": torch.rand(2, 3, 16, 16), "proprio": torch.rand(2, 2)}
+    pred = {**pred_of(torch.rand(2, 4, 5, 3, 16, 16), torch.rand(2, 4, 5, 2)), "pose": torch.rand(2, 4, 5, 6)}
+    goal = {"latents": torch.rand(2, 3, 16, 16), "proprio": torch.rand(2, 2), "pose": torch.rand(2, 6)}
     paths = sorted(CONFIGS.glob("*.yaml"))
-    assert {p.stem for p in paths} >= {"dino_wm_default", "multiscale_blur", "multiscale_pyramid"}
-    for path in paths:
-        cost = build_objective(OmegaConf.load(path))(pred, goal, torch.rand(2, 4, 5, 4))
+    assert {p.stem for p in paths} >= {"dino_wm_default", "multiscale_blur", "multiscale_pyramid", "pose_probe"}
+    for path in paths:  # pose_probe scores pose features with the env's pose_cost
+        cost = build_objective(OmegaConf.load(path), PushTEnv())(pred, goal, torch.rand(2, 4, 5, 4))
         assert cost.shape == (2, 4) and torch.isfinite(cost).all() and (cost >= 0).all(), path.stem
+
+
+def test_pose_term_needs_a_pose_cost_and_pose_predictions():
+    with pytest.raises(ValueError, match="pose_weight > 0 needs the planning env's pose_cost"):
+        build_objective({"pose_weight": 1.0})
+    objective = build_objective({"latent_weight": 0.0, "pose_weight": 1.0}, PushTEnv())
+    with pytest.raises(ValueError, match="needs a world model with a pose probe"):
+        objective(pred_of(torch.rand(2, 4, 5, 3, 16, 16), None), {"latents": torch.rand(2, 3, 16, 16)}, NO_ACTIONS)
 
 
 def test_bad_objectives_are_errors():
