@@ -115,7 +115,8 @@ def train_jepa(data: str | Path, out_dir: str | Path, model_cfg: dict, cfg: JEPA
     if model_cfg.probe_dim:
         pose = pose_env.pose_features(clips["train"].train_frames("states"))  # [F, probe_dim]
         model.pose_mean.copy_(torch.from_numpy(pose.mean(0)))
-        model.pose_std.copy_(torch.from_numpy(np.maximum(pose.std(0), 1e-6)))
+        std = pose.std(0)
+        model.pose_std.copy_(torch.from_numpy(np.where(std > 1e-6, std, 1.0)))  # a constant feature stays unscaled
     clips = {split: PosedClips(c, pose_env) for split, c in clips.items()}
     start = time.perf_counter()
     out_dir = Path(out_dir)
