@@ -365,17 +365,22 @@ def test_folders_from_before_the_proprio_option_load_as_pixels_only(jepa_folder,
                   torch.zeros(2, 3, 16, 16, 3, dtype=torch.uint8), torch.zeros(2, 2, 10), 0.1)
 
 
+def two_frame_rollout(wm: JEPAWorldModel, data):
+    """(clip, its first two frames encoded, that context, 4 random 3-step candidates, their rollout)."""
+    clip = ClipDataset(data, 4, 5, "val", 0.3)[0]
+    enc = wm.encode({"pixels": clip["pixels"][:2], "proprio": clip["proprio"][:2]})
+    context = {"latents": enc["latents"][None], "proprio": enc["proprio"][None],
+               "actions": torch.from_numpy(clip["actions"][:1])[None]}
+    actions = torch.rand(1, 4, 3, 10, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    return clip, enc, context, actions, wm.make_rollout_fn(context)(actions)
+
+
 def test_proprio_rollouts_carry_the_predicted_proprio(proprio_jepa_folder, wall_data):
     folder, _ = proprio_jepa_folder
     wm = JEPAWorldModel.from_folder(folder, precision="fp32")
     assert wm.uses_proprio
-    clip = ClipDataset(wall_data, 4, 5, "val", 0.3)[0]
-    enc = wm.encode({"pixels": clip["pixels"][:2], "proprio": clip["proprio"][:2]})
+    clip, enc, context, actions, pred = two_frame_rollout(wm, wall_data)
     torch.testing.assert_close(enc["proprio"], wm.model.normalize_proprio(torch.from_numpy(clip["proprio"][:2])))
-    context = {"latents": enc["latents"][None], "proprio": enc["proprio"][None],
-               "actions": torch.from_numpy(clip["actions"][:1])[None]}
-    actions = torch.rand(1, 4, 3, 10, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    pred = wm.make_rollout_fn(context)(actions)
     assert pred["latents"].shape == (1, 4, 3, 16, 1, 1) and pred["proprio"].shape == (1, 4, 3, 2)
     # Step one is the predictor on the context with the candidate's first action; the proprio
     # it predicts is fed back, so it changes the second step.
@@ -458,13 +463,8 @@ def test_probe_rollouts_read_the_pose_of_each_predicted_embedding(probe_jepa_fol
     folder, _ = probe_jepa_folder
     wm = JEPAWorldModel.from_folder(folder, precision="fp32")
     assert wm.has_pose_probe
-    clip = ClipDataset(pusht_data, 4, 5, "val", 0.3)[0]
-    enc = wm.encode({"pixels": clip["pixels"][:2], "proprio": clip["proprio"][:2]})
+    clip, enc, context, actions, pred = two_frame_rollout(wm, pusht_data)
     assert enc["pose"].shape == (2, 6)
-    context = {"latents": enc["latents"][None], "proprio": enc["proprio"][None],
-               "actions": torch.from_numpy(clip["actions"][:1])[None]}
-    actions = torch.rand(1, 4, 3, 10, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    pred = wm.make_rollout_fn(context)(actions)
     assert pred["pose"].shape == (1, 4, 3, 6)
     tokens = pred["latents"].flatten(-3).unsqueeze(-2)  # [1, 4, 3, K=1, D]
     torch.testing.assert_close(pred["pose"], wm.model.read_pose(tokens))

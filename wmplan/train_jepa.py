@@ -99,8 +99,8 @@ def train_jepa(data: str | Path, out_dir: str | Path, model_cfg: dict, cfg: JEPA
     info = load_dataset_info(data)
     frameskip = int(env["frameskip"]) if env else int(info["frameskip"])
     _check_dataset(data, info, env)
-    pose_env = _pose_env(info) if model_cfg.get("probe_dim", 0) != 0 else None
-    model_cfg = _complete_model_config(model_cfg, info, frameskip, pose_env)
+    pose_env, pose_width = _pose_env(info) if model_cfg.get("probe_dim", 0) != 0 else (None, None)
+    model_cfg = _complete_model_config(model_cfg, info, frameskip, pose_width)
     clips = {split: ClipDataset(data, model_cfg.history + 1, frameskip, split, cfg.val_fraction, cfg.split_seed,
                                 max_train_episodes=cfg.max_train_episodes if split == "train" else None)
              for split in ("train", "val")}
@@ -143,16 +143,16 @@ def _check_dataset(data, info: dict, env: dict | None) -> None:
         raise ValueError(f"dataset {data} has {info['resolution']} px frames, config says env.resolution={env['resolution']}")
 
 
-def _pose_env(info: dict):
-    """The dataset's env, whose ``pose_features`` are the pose probe's targets."""
+def _pose_env(info: dict) -> tuple:
+    """(the dataset's env, whose ``pose_features`` are the pose probe's targets, their width)."""
     from wmplan.envs import make
 
     env = make(info["env_id"]).unwrapped
     try:
-        env.pose_features(np.zeros(int(info["state_dim"])))
+        width = env.pose_features(np.zeros(int(info["state_dim"]))).shape[-1]
     except NotImplementedError as e:
         raise ValueError(f"model.probe_dim: {e}") from None
-    return env
+    return env, width
 
 
 class PosedClips:
@@ -172,7 +172,7 @@ class PosedClips:
         return {**item, "pose": pose.astype(np.float32)}
 
 
-def _complete_model_config(model_cfg: dict, info: dict, frameskip: int, pose_env=None) -> JEPAConfig:
+def _complete_model_config(model_cfg: dict, info: dict, frameskip: int, pose_width: int | None = None) -> JEPAConfig:
     """Fill ``image_size`` / ``action_dim`` (and ``proprio_dim`` / ``probe_dim`` when null) from
     the dataset and its env, and check explicit ones against them; ``proprio_dim`` 0 trains on
     pixels alone, ``probe_dim`` 0 without a pose probe."""
@@ -183,8 +183,8 @@ def _complete_model_config(model_cfg: dict, info: dict, frameskip: int, pose_env
     data = {"image_size": int(info["resolution"]), "action_dim": int(info["action_dim"]) * frameskip}
     if fields.get("proprio_dim", 0) != 0:
         data["proprio_dim"] = int(info["proprio_dim"])
-    if pose_env is not None:
-        data["probe_dim"] = int(pose_env.pose_features(np.zeros(int(info["state_dim"]))).shape[-1])
+    if pose_width is not None:
+        data["probe_dim"] = int(pose_width)
     for key, value in data.items():
         if fields.get(key) is None:
             fields[key] = value
