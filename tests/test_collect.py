@@ -188,3 +188,15 @@ def test_env_configs_follow_the_dino_wm_protocol():
         load_env_config("wall", frameskip=0)
     with pytest.raises(ValueError, match="unknown environment id"):
         load_env_config("wall", id="wmplan/Nope-v0")
+
+
+def test_frame_stride_must_divide_the_frameskip_and_is_part_of_the_settings(tmp_path):
+    with pytest.raises(ValueError, match="frame_stride=3 must divide the env's frameskip \\(5\\)"):
+        collect(CFG, 1, "pusher", 0, tmp_path / "a", frame_stride=3, progress=False)
+    with pytest.raises(ValueError, match="frame_stride must be an int >= 1"):
+        collect(CFG, 1, "pusher", 0, tmp_path / "a", frame_stride=0, progress=False)
+    assert not (tmp_path / "a").exists()
+    out = collect(CFG, 1, "pusher", 0, tmp_path / "b", frame_stride=5, progress=False)
+    assert len(_episodes(out)[0]["pixels"]) == CFG.episode_length // 5 + 1
+    with pytest.raises(ValueError, match="other settings .*frame_stride: 5 on disk vs None now"):
+        collect(CFG, 2, "pusher", 0, out, progress=False)

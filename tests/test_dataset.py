@@ -184,3 +184,32 @@ def test_wall_clips_replay_exactly_under_the_true_dynamics(tmp_path):
         np.testing.assert_allclose(replay[::5], item["states"], rtol=0, atol=1e-9)
         for frame, state in zip(item["pixels"], item["states"]):
             np.testing.assert_array_equal(frame, env.render_state(state))
+
+
+def test_frame_stride_stores_only_the_trained_frames_and_serves_the_same_clips(dot_data, tmp_path):
+    """frame_stride=3 (DOT's frameskip): a third of the frames on disk, and each clip, where one
+    starts, equals the full-rate dataset's clip (pixels, actions, proprio, states)."""
+    strided = collect(DOT, 6, "random", 0, tmp_path / "strided", shard_episodes=4, progress=False, frame_stride=3)
+    assert load_dataset_info(strided)["frame_stride"] == 3
+    full_episodes = list(iter_episodes(dot_data))
+    for ep, full in zip(iter_episodes(strided), full_episodes, strict=True):
+        np.testing.assert_array_equal(ep["pixels"], full["pixels"][::3])  # steps 0, 3, ..., 12
+        for key in ("actions", "proprio", "states"):
+            np.testing.assert_array_equal(ep[key], full[key])
+    kw = dict(num_frames=3, frameskip=3, split="train", val_fraction=0.3, seed=0)
+    clips, reference = ClipDataset(strided, **kw), ClipDataset(dot_data, **kw)
+    assert list(clips.episodes) == list(reference.episodes)
+    assert len(clips) == len(clips.episodes) * ((12 - 6) // 3 + 1)  # starts at env steps 0, 3, 6
+    starts = {(int(reference[i]["episode"]), int(reference[i]["start"])): i for i in range(len(reference))}
+    for item in (clips[i] for i in range(len(clips))):
+        assert item["start"] % 3 == 0
+        expected = reference[starts[(int(item["episode"]), int(item["start"]))]]
+        for key in ("pixels", "actions", "proprio", "states"):
+            np.testing.assert_array_equal(item[key], expected[key])
+    assert len(ClipDataset(strided, 2, 6, val_fraction=0.0)) == 6 * ((12 - 6) // 3 + 1)  # any multiple of 3
+    singles = ClipDataset(strided, 1, 1, val_fraction=0.0)  # every stored frame (latent caches, VAEs)
+    assert len(singles) == 6 * 5 and {int(singles[i]["start"]) for i in range(5)} == {0, 3, 6, 9, 12}
+    frames = np.load(strided / CACHE_DIR / "frames.npy", mmap_mode="r")
+    assert len(frames) == 6 * 5 and len(np.load(dot_data / CACHE_DIR / "frames.npy", mmap_mode="r")) == 6 * 13
+    with pytest.raises(ValueError, match="frame_stride 3.*frameskip must be a multiple of it, got 2"):
+        ClipDataset(strided, 3, 2)

@@ -2,6 +2,10 @@
 
     wmplan-collect env=wall episodes=1920 policy=random seed=0 out_dir=data/wall
 
+``frame_stride=n`` stores only every n-th frame (env steps 0, n, 2n, ...; n divides the env's
+frameskip): ``n = frameskip`` keeps exactly the frames a model trains on, in 1/n of the disk.
+Actions, proprio and states are still stored at every env step.
+
 Episode ``i`` is generated from ``SeedSequence([seed, i])`` alone (env reset seed and policy
 generator), at env-step granularity, so rerunning the same command after an interruption
 continues where it stopped and yields exactly the dataset an uninterrupted run would.
@@ -51,6 +55,7 @@ from wmplan.data.dataset import (
     SHARD_DIR,
     list_shards,
     load_dataset_info,
+    frame_stride_of,
     read_info,
 )
 from wmplan.data.policies import make_policy
@@ -67,20 +72,26 @@ def collect(
     out_dir: str | os.PathLike,
     shard_episodes: int = 32,
     progress: bool = True,
+    frame_stride: int = 1,
 ) -> Path:
     """Make ``out_dir`` hold episodes ``[0, episodes)``, collecting only those still missing.
 
+    ``frame_stride``: store every n-th frame only (n must divide ``env_cfg.frameskip``).
     Returns the dataset path. Raises ``ValueError`` if ``out_dir`` holds something else: a
     foreign directory, or a dataset collected with other settings.
     """
-    for name, value, least in (("episodes", episodes, 0), ("seed", seed, 0), ("shard_episodes", shard_episodes, 1)):
-        if not isinstance(value, (int, np.integer)) or value < least:
+    for name, value, least in (("episodes", episodes, 0), ("seed", seed, 0), ("shard_episodes", shard_episodes, 1),
+                               ("frame_stride", frame_stride, 1)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < least:
             raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
+    if env_cfg.frameskip % frame_stride:
+        raise ValueError(f"frame_stride={frame_stride} must divide the env's frameskip ({env_cfg.frameskip}): "
+                         "the frames a model trains on are frameskip env steps apart")
     out = Path(out_dir).absolute()
     env = env_cfg.make()
     try:
         make_policy(policy, env, np.random.default_rng(0))  # fail on a bad policy/env pair before writing
-        info = _dataset_info(env_cfg, env, policy, seed)
+        info = _dataset_info(env_cfg, env, policy, seed, int(frame_stride))
         done = _prepare(out, info)
         bar = tqdm(total=max(episodes, done), initial=done, disable=not progress, desc=f"collect {env_cfg.name}")
         with bar:
@@ -95,7 +106,7 @@ def _collect_range(env: gym.Env, info: dict, out: Path, start: int, stop: int, s
 
     def episodes() -> Iterator[EpisodeBuffer]:
         for i in range(start, stop):
-            yield _run_episode(env, info["policy"], info["seed"], i)
+            yield _run_episode(env, info["policy"], info["seed"], i, frame_stride_of(info))
             bar.update(1)
 
     write_in_shards(episodes(), out, start, shard_episodes, env, info)
@@ -119,8 +130,9 @@ def write_in_shards(episodes: Iterable[EpisodeBuffer], out: Path, start: int, sh
             _write_shard(out, start, pending, spaces, info)
 
 
-def _dataset_info(env_cfg: EnvConfig, env: gym.Env, policy: str, seed: int) -> dict:
-    """The dataset's ``wmplan.json``: everything needed to reproduce and interpret it."""
+def _dataset_info(env_cfg: EnvConfig, env: gym.Env, policy: str, seed: int, frame_stride: int) -> dict:
+    """The dataset's ``wmplan.json``: everything needed to reproduce and interpret it
+    (``frame_stride`` only when it is not 1, so datasets from before it existed still resume)."""
     info = {
         "format": FORMAT,
         "env": env_cfg.name,
@@ -137,6 +149,7 @@ def _dataset_info(env_cfg: EnvConfig, env: gym.Env, policy: str, seed: int) -> d
         "action_dim": int(env.action_space.shape[0]),
         "proprio_dim": int(env.observation_space["proprio"].shape[0]),
         "state_dim": int(env.unwrapped.state_dim),
+        **({"frame_stride": frame_stride} if frame_stride > 1 else {}),
     }
     return json.loads(json.dumps(info))  # the form it takes on disk, so comparisons are exact
 
@@ -163,8 +176,9 @@ def _prepare(out: Path, info: dict) -> int:
     return shards[-1][1] if shards else 0
 
 
-def _run_episode(env: gym.Env, policy_name: str, seed: int, index: int) -> EpisodeBuffer:
-    """Play episode ``index`` to its time limit; everything random comes from ``(seed, index)``."""
+def _run_episode(env: gym.Env, policy_name: str, seed: int, index: int, frame_stride: int = 1) -> EpisodeBuffer:
+    """Play episode ``index`` to its time limit; everything random comes from ``(seed, index)``.
+    Pixels are kept at env steps ``0, frame_stride, ...``; everything else at every step."""
     env_seq, policy_seq = np.random.SeedSequence([seed, index]).spawn(2)
     env_seed = int(env_seq.generate_state(1)[0])
     policy = make_policy(policy_name, env, np.random.default_rng(policy_seq))
@@ -185,7 +199,8 @@ def _run_episode(env: gym.Env, policy_name: str, seed: int, index: int) -> Episo
         truncations.append(truncated)
     return EpisodeBuffer(
         seed=env_seed,
-        observations={"pixels": np.stack(pixels), "proprio": np.stack(proprio).astype(np.float32)},  # [L+1, ...]
+        # pixels [L // frame_stride + 1, ...], proprio [L+1, P]: Minari stores each key as its own array
+        observations={"pixels": np.stack(pixels[::frame_stride]), "proprio": np.stack(proprio).astype(np.float32)},
         actions=np.stack(actions),  # [L, A]
         rewards=np.zeros(len(actions)),
         terminations=np.array(terminations),
@@ -228,7 +243,8 @@ def _write_shard(out: Path, start: int, episodes: list[EpisodeBuffer], env: gym.
 def main(cfg: DictConfig) -> None:
     """``wmplan-collect``: see ``wmplan/configs/collect.yaml``."""
     env_cfg = EnvConfig(**cfg.env)
-    out = collect(env_cfg, cfg.episodes, cfg.policy, cfg.seed, cfg.out_dir, shard_episodes=cfg.shard_episodes)
+    out = collect(env_cfg, cfg.episodes, cfg.policy, cfg.seed, cfg.out_dir, shard_episodes=cfg.shard_episodes,
+                  frame_stride=cfg.frame_stride)
     info = load_dataset_info(out)
     print(f"{out}: {info['num_episodes']} episodes, {info['num_steps']} steps of {info['env_id']}")
 

@@ -9,6 +9,9 @@ A dataset directory (written by ``wmplan.data.collect``) holds
   it (frames, actions, proprio, states), rebuilt when the shards change or it is damaged.
 
 Episodes are stored at env-step granularity: ``L`` actions and ``L + 1`` frames/states.
+A dataset collected with ``frame_stride`` n (in ``wmplan.json``; 1 when absent) holds only the
+frames of env steps 0, n, 2n, ... (``L // n + 1`` per episode); actions, proprio and states
+stay at every step. Clips then start at those steps only, ``frameskip`` a multiple of n.
 """
 
 from __future__ import annotations
@@ -62,7 +65,20 @@ def read_info(path: str | os.PathLike) -> dict:
     missing = _INFO_KEYS - info.keys()
     if missing:
         raise ValueError(f"corrupt dataset {root}: {INFO_FILE} lacks {sorted(missing)}")
+    stride = info.get("frame_stride", 1)
+    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
+        raise ValueError(f"corrupt dataset {root}: frame_stride must be a positive int, got {stride!r}")
     return info
+
+
+def frame_stride_of(info: dict) -> int:
+    """Env steps between the stored frames of a dataset (1: every frame)."""
+    return int(info.get("frame_stride", 1))
+
+
+def stored_frames(steps: np.ndarray | int, stride: int) -> np.ndarray | int:
+    """Frames stored for episodes of ``steps`` env steps: env steps 0, stride, ... up to ``steps``."""
+    return steps // stride + 1
 
 
 def list_shards(path: str | os.PathLike, info: dict) -> list[tuple[int, int, Path]]:
@@ -137,7 +153,7 @@ def _check_episode(info: dict, ep: minari.EpisodeData) -> dict[str, np.ndarray]:
     }
     n = len(episode["actions"]) + 1
     expected = {
-        "pixels": (n, r, r, 3),
+        "pixels": (stored_frames(n - 1, frame_stride_of(info)), r, r, 3),
         "proprio": (n, info["proprio_dim"]),
         "actions": (n - 1, info["action_dim"]),
         "states": (n, info["state_dim"]),
@@ -162,10 +178,11 @@ def _cache_key(shards: list[tuple[int, int, Path]]) -> dict:
 def open_cache(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """The dataset's cache arrays, memory-mapped read-only; built or rebuilt when needed.
 
-    ``frames`` uint8 [F, H, W, 3], ``proprio`` float32 [F, P], ``states`` float64 [F, S],
-    ``actions`` float32 [F - E, A], ``offsets`` int64 [E + 1] (episode e owns frames
-    ``offsets[e]:offsets[e+1]`` and actions ``offsets[e]-e : offsets[e+1]-e-1``), and
-    ``key`` (the shard list it was built from, for ``reopen_cache``).
+    ``proprio`` float32 [F, P], ``states`` float64 [F, S], ``actions`` float32 [F - E, A],
+    ``offsets`` int64 [E + 1] (episode e owns env steps ``offsets[e]:offsets[e+1]`` of proprio
+    and states, and actions ``offsets[e]-e : offsets[e+1]-e-1``), ``frames`` uint8 [F', H, W, 3]
+    with ``frame_offsets`` int64 [E + 1] (the same as ``offsets`` unless the dataset has a
+    ``frame_stride``), and ``key`` (the shard list it was built from, for ``reopen_cache``).
     """
     root = Path(path)
     info = read_info(root)
@@ -174,28 +191,29 @@ def open_cache(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise ValueError(f"dataset {root} holds no episodes yet")
     key = _cache_key(shards)
     try:
-        arrays = _load_cache(root / CACHE_DIR, key)
+        arrays = _load_cache(root / CACHE_DIR, key, frame_stride_of(info))
     except (OSError, ValueError, json.JSONDecodeError):
         _build_cache(root, info, shards, key)
-        arrays = _load_cache(root / CACHE_DIR, key)
+        arrays = _load_cache(root / CACHE_DIR, key, frame_stride_of(info))
     return {**arrays, "key": key}
 
 
 def reopen_cache(path: str | os.PathLike, key: dict) -> dict[str, np.ndarray]:
     """Open a cache known to exist (e.g. in a DataLoader worker) without rebuilding it."""
     try:
-        return {**_load_cache(Path(path) / CACHE_DIR, key), "key": key}
+        return {**_load_cache(Path(path) / CACHE_DIR, key, frame_stride_of(read_info(path))), "key": key}
     except (OSError, ValueError, json.JSONDecodeError) as e:
         raise ValueError(f"the clip cache of {path} changed or broke while in use ({e})") from e
 
 
-def _load_cache(cache: Path, key: dict) -> dict[str, np.ndarray]:
+def _load_cache(cache: Path, key: dict, frame_stride: int) -> dict[str, np.ndarray]:
     if json.loads((cache / "key.json").read_text()) != key:
         raise ValueError("stale cache")
     arrays = {name: np.load(cache / f"{name}.npy", mmap_mode="r") for name in _ARRAYS}
-    arrays["offsets"] = np.load(cache / "offsets.npy")
-    frames, episodes = arrays["offsets"][-1], len(arrays["offsets"]) - 1
-    lengths = {"frames": frames, "proprio": frames, "states": frames, "actions": frames - episodes}
+    offsets = arrays["offsets"] = np.load(cache / "offsets.npy")
+    arrays["frame_offsets"] = np.concatenate([[0], np.cumsum(stored_frames(np.diff(offsets) - 1, frame_stride))])
+    steps, episodes = offsets[-1], len(offsets) - 1
+    lengths = {"frames": arrays["frame_offsets"][-1], "proprio": steps, "states": steps, "actions": steps - episodes}
     if any(len(arrays[name]) != n for name, n in lengths.items()):
         raise ValueError("cache arrays disagree in length")
     return arrays
@@ -223,27 +241,30 @@ def _build_cache(root: Path, info: dict, shards: list[tuple[int, int, Path]], ke
 def _write_cache_arrays(tmp: Path, info: dict, shards: list[tuple[int, int, Path]]) -> None:
     metas = [_shard_metadata(d) for *_, d in shards]
     episodes = sum(m["total_episodes"] for m in metas)
-    frames = sum(m["total_steps"] for m in metas) + episodes
+    frames = sum(m["total_steps"] for m in metas) + episodes  # env steps with a state: L + 1 per episode
+    stride = frame_stride_of(info)
+    pixels = frames if stride == 1 else sum(stored_frames(_episode_steps(d), stride).sum() for *_, d in shards)
     r = info["resolution"]
     shapes = {
-        "frames": ((frames, r, r, 3), np.uint8),
+        "frames": ((int(pixels), r, r, 3), np.uint8),
         "proprio": ((frames, info["proprio_dim"]), np.float32),
         "states": ((frames, info["state_dim"]), np.float64),
         "actions": ((frames - episodes, info["action_dim"]), np.float32),
     }
     out = {name: np.lib.format.open_memmap(tmp / f"{name}.npy", "w+", dt, shape) for name, (shape, dt) in shapes.items()}  # fmt: skip
-    offsets = [0]
+    offsets, p0 = [0], 0
     episode_iter = (ep for *_, d in shards for ep in _shard_episodes(d, info))
     for e, ep in enumerate(episode_iter):
-        f0, n = offsets[-1], len(ep["pixels"])
-        if f0 + n > frames:
+        f0, n, m = offsets[-1], len(ep["states"]), len(ep["pixels"])
+        if f0 + n > frames or p0 + m > pixels:
             raise ValueError(f"corrupt dataset {tmp.parent}: episodes hold more steps than the shard metadata says")
-        out["frames"][f0 : f0 + n] = ep["pixels"]
+        out["frames"][p0 : p0 + m] = ep["pixels"]
+        p0 += m
         out["proprio"][f0 : f0 + n] = ep["proprio"]
         out["states"][f0 : f0 + n] = ep["states"]
         out["actions"][f0 - e : f0 - e + n - 1] = ep["actions"]
         offsets.append(f0 + n)
-    if offsets[-1] != frames:
+    if offsets[-1] != frames or p0 != pixels:
         raise ValueError(f"corrupt dataset {tmp.parent}: episodes hold fewer steps than the shard metadata says")
     for array in out.values():
         array.flush()
@@ -251,6 +272,14 @@ def _write_cache_arrays(tmp: Path, info: dict, shards: list[tuple[int, int, Path
     np.save(tmp / "offsets.npy", np.asarray(offsets, dtype=np.int64))
     for name in (*_ARRAYS, "offsets"):  # data must be durable before key.json vouches for it
         fsync_path(tmp / f"{name}.npy")
+
+
+def _episode_steps(shard: Path) -> np.ndarray:
+    """Env steps of each episode of a shard [episodes], from its HDF5 attributes (no data read)."""
+    import h5py  # Minari's HDF5 backend
+
+    with h5py.File(shard / "main_data.hdf5", "r") as f:
+        return np.array([f[name].attrs["total_steps"] for name in f], dtype=np.int64)
 
 
 # -- clips --------------------------------------------------------------------------
@@ -272,8 +301,9 @@ class ClipDataset:
     Item: ``pixels`` uint8 [T, H, W, 3], ``actions`` float32 [T-1, k*A] (the k env actions
     between frame i and i+1, concatenated), ``proprio`` float32 [T, P], ``states`` float64
     [T, S], ``episode`` and ``start`` (env step of frame 0) ints. Every env step of every
-    episode of the split starts a clip. A plain map-style dataset: torch's DataLoader
-    collates its numpy arrays into tensors.
+    episode of the split starts a clip (every ``frame_stride``-th step, when the dataset stores
+    only those frames). A plain map-style dataset: torch's DataLoader collates its numpy arrays
+    into tensors.
 
     ``proprio_stats()`` gives normalisation statistics over the *train* episodes (the same
     for either split). ``max_train_episodes`` keeps only the first N train episodes (data-size
@@ -303,9 +333,14 @@ class ClipDataset:
             raise ValueError(f"max_train_episodes must be a positive int or None, got {max_train_episodes!r}")
         self.path, self.num_frames, self.frameskip = Path(path), num_frames, frameskip
         self.info = read_info(path)
+        self.stride = frame_stride_of(self.info)
+        if num_frames > 1 and frameskip % self.stride:
+            raise ValueError(f"{path} stores every {self.stride}th frame only (frame_stride {self.stride}): "
+                             f"frameskip must be a multiple of it, got {frameskip}")
         arrays = open_cache(path)
         self.key = arrays["key"]
-        self.offsets = arrays["offsets"]  # [E + 1]
+        self.offsets = arrays["offsets"]  # [E + 1], env steps (states, proprio)
+        self.frame_offsets = arrays["frame_offsets"]  # [E + 1], stored frames
         lengths = np.diff(self.offsets) - 1  # env steps per episode [E]
         is_val = split_episodes(len(lengths), val_fraction, seed)
         train_episodes = np.flatnonzero(~is_val)[:max_train_episodes]
@@ -314,7 +349,7 @@ class ClipDataset:
                              f"{max_train_episodes}")
         self.episodes = np.flatnonzero(is_val) if split == "val" else train_episodes
         span = (num_frames - 1) * frameskip  # env steps covered by one clip
-        counts = np.maximum(lengths[self.episodes] - span + 1, 0)
+        counts = np.where(lengths[self.episodes] >= span, (lengths[self.episodes] - span) // self.stride + 1, 0)
         self.cumulative = np.cumsum(counts)  # clips in episodes[:i+1]
         if len(self) == 0:
             raise ValueError(
@@ -335,14 +370,15 @@ class ClipDataset:
         index %= len(self)
         i = int(np.searchsorted(self.cumulative, index, side="right"))
         episode = int(self.episodes[i])
-        start = index - (int(self.cumulative[i - 1]) if i else 0)
+        start = self.stride * (index - (int(self.cumulative[i - 1]) if i else 0))  # env step of frame 0
         arrays, k, t = self.arrays, self.frameskip, self.num_frames
         a = arrays["actions"].shape[1]
-        f0 = int(self.offsets[episode]) + start  # first frame
+        f0 = int(self.offsets[episode]) + start  # first frame's row of states and proprio
         a0 = f0 - episode  # first action: episodes before this one have one frame more than actions
         frames = slice(f0, f0 + (t - 1) * k + 1, k)
+        p0, pk = int(self.frame_offsets[episode]) + start // self.stride, max(k // self.stride, 1)
         return {
-            "pixels": np.array(arrays["frames"][frames]),
+            "pixels": np.array(arrays["frames"][p0 : p0 + (t - 1) * pk + 1 : pk]),
             "actions": np.array(arrays["actions"][a0 : a0 + (t - 1) * k]).reshape(t - 1, k * a),
             "proprio": np.array(arrays["proprio"][frames]),
             "states": np.array(arrays["states"][frames]),
