@@ -130,6 +130,8 @@ def test_same_seed_same_weights_other_seed_other_weights(jepa_folder, wall_data,
     folder, _ = jepa_folder
     train_jepa(wall_data, tmp_path / "again", TINY, tiny_training(), ENV)
     assert_equal_weights(weights(folder), weights(tmp_path / "again"))
+    train_jepa(wall_data, tmp_path / "workers", TINY, tiny_training(num_workers=2), ENV)  # batches loaded ahead
+    assert_equal_weights(weights(folder), weights(tmp_path / "workers"))
     train_jepa(wall_data, tmp_path / "other", TINY, tiny_training(steps=2, seed=1), ENV)
     assert not torch.equal(weights(folder)["encoder.pos"], weights(tmp_path / "other")["encoder.pos"])
 
@@ -150,10 +152,10 @@ def test_interrupted_training_resumes_to_the_same_weights(wall_data, tmp_path, m
     train_jepa(wall_data, tmp_path / "full", TINY, cfg, ENV)
     original = train_jepa_module._step
 
-    def dies_at_step_5(model, opt, clips, cfg, step, *args):
+    def dies_at_step_5(model, opt, batch, num_clips, cfg, step, *args):
         if step == 5:
             raise KeyboardInterrupt("killed")
-        return original(model, opt, clips, cfg, step, *args)
+        return original(model, opt, batch, num_clips, cfg, step, *args)
 
     monkeypatch.setattr(train_jepa_module, "_step", dies_at_step_5)
     with pytest.raises(KeyboardInterrupt):
@@ -163,7 +165,7 @@ def test_interrupted_training_resumes_to_the_same_weights(wall_data, tmp_path, m
     assert not (tmp_path / "resumed").exists()
     monkeypatch.undo()
     steps = []
-    monkeypatch.setattr(train_jepa_module, "_step", lambda *a: steps.append(a[4]) or original(*a))
+    monkeypatch.setattr(train_jepa_module, "_step", lambda *a: steps.append(a[5]) or original(*a))
     train_jepa(wall_data, tmp_path / "resumed", TINY, cfg, ENV)
     assert steps == [5, 6] and not resume.exists()
     assert_equal_weights(weights(tmp_path / "full"), weights(tmp_path / "resumed"))
@@ -173,6 +175,7 @@ def test_interrupted_training_resumes_to_the_same_weights(wall_data, tmp_path, m
     ({"batch_size": 1}, "batch_size must be >= 2"),
     ({"lr": "abc"}, "train.lr must be a finite number"),
     ({"steps": 0}, "train.steps must be an int >= 1"),
+    ({"num_workers": -1}, "train.num_workers must be an int >= 0"),
     ({"device": "gpu"}, "train.device must be auto, cpu, cuda"),
     ({"precision": "fp16"}, "precision must be one of"),
 ])
