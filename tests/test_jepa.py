@@ -206,6 +206,19 @@ def test_configs_match_their_dataclasses():
     assert codec_cfg.name == "jepa" and codec_cfg.path == "outputs/jepa/wall" and codec_cfg.image_size == 64
 
 
+@pytest.mark.parametrize("recipe", ["pusht", "pusht_gpu"])
+def test_recipes_build_the_pusht_model_with_its_probe(recipe):
+    from wmplan.train_jepa import _complete_model_config, _pose_env
+
+    cfg = compose_config("train_jepa", [f"recipe={recipe}"])
+    train = JEPATrainConfig(**OmegaConf.to_container(cfg.train, resolve=True))
+    info = {"resolution": cfg.env.resolution, "action_dim": 2, "proprio_dim": 4, "env_id": cfg.env.id, "state_dim": 10}
+    model = _complete_model_config(OmegaConf.to_container(cfg.model, resolve=True), info, cfg.env.frameskip,
+                                   _pose_env(info)[1])
+    assert cfg.env.name == "pusht" and model.proprio_dim == 4 and model.probe_dim == 6 and model.action_dim == 10
+    assert (train.steps, model.patch_size) == ((12000, 16) if recipe == "pusht" else (100000, 8))
+
+
 def test_cli_reports_bad_input_in_one_line(tmp_path, capsys, monkeypatch):
     from wmplan.train_jepa import main
 
