@@ -37,7 +37,7 @@ constraints:
 	rm -rf $(CVENV)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadfile tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=20 tests
 
 demo: $(STAMP)
 	$(PY) scripts/demo.py
