@@ -213,3 +213,13 @@ def test_frame_stride_stores_only_the_trained_frames_and_serves_the_same_clips(d
     assert len(frames) == 6 * 5 and len(np.load(dot_data / CACHE_DIR / "frames.npy", mmap_mode="r")) == 6 * 13
     with pytest.raises(ValueError, match="frame_stride 3.*frameskip must be a multiple of it, got 2"):
         ClipDataset(strided, 3, 2)
+
+
+def test_action_stats_are_over_the_train_episodes_actions(dot_data):
+    train = ClipDataset(dot_data, num_frames=2, frameskip=3, split="train", val_fraction=0.3, seed=0)
+    episodes = [ep for e, ep in enumerate(iter_episodes(dot_data)) if e in set(train.episodes)]
+    actions = np.concatenate([ep["actions"] for ep in episodes])  # [12 per episode, 2]
+    mean, std = train.action_stats()
+    np.testing.assert_allclose(mean, actions.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(std, actions.std(0), rtol=1e-5)
+    assert 0.4 < std.min() and std.max() < 0.7  # uniform random actions in [-1, 1]: std 0.58

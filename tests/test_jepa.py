@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import sys
 
 import numpy as np
@@ -23,7 +24,8 @@ from wmplan.jepa_world_model import JEPAWorldModel
 from wmplan.models.codecs import CodecConfig, build_codec
 from wmplan.models.jepa import JEPA, JEPAConfig, jepa_loss, load_jepa, save_jepa, sigreg, sigreg_null_mean
 from wmplan.models.nanowm import NanoWM, NanoWMConfig
-from wmplan.planners.evaluate import evaluate
+from wmplan.planners import build_planner
+from wmplan.planners.evaluate import evaluate, scale_sigma
 from wmplan.train_jepa import JEPATrainConfig, train_jepa
 
 TINY = dict(patch_size=4, width=16, depth=1, heads=2, embed_dim=16, num_tokens=1, history=2,
@@ -324,6 +326,33 @@ def test_predictor_plans_through_wmplan_plan(jepa_folder, tmp_path):
     assert all(np.abs(np.asarray(r["actions"])).max() <= 1 for r in results["records"])
     again = evaluate(plan_config(f"jepa:{folder}", tmp_path / "again", "objective=dino_wm_maze"))
     assert [r["actions"] for r in again["records"]] == [r["actions"] for r in results["records"]]  # deterministic
+
+
+def test_planning_in_data_units_reads_the_recorded_action_std(jepa_folder, wall_data, tmp_path):
+    folder, _ = jepa_folder
+    recorded = json.loads((folder / "config.json").read_text())["action_stats"]
+    train = ClipDataset(wall_data, 2, 5, "train", val_fraction=0.3, seed=0)
+    for got, expected in zip((recorded["mean"], recorded["std"]), train.action_stats()):
+        np.testing.assert_allclose(got, expected, rtol=1e-6)
+    np.testing.assert_array_equal(JEPAWorldModel.from_folder(folder).action_std, np.float32(recorded["std"]))
+    runs = {units: evaluate(plan_config(f"jepa:{folder}", tmp_path / units, "objective=dino_wm_maze", "videos=0",
+                                        f"sigma_units={units}", "planner.var_scale=0.3")) for units in ("action", "data")}
+    assert runs["data"]["config"]["sigma_units"] == "data"
+    assert [r["actions"] for r in runs["data"]["records"]] != [r["actions"] for r in runs["action"]["records"]]
+    old = tmp_path / "old_folder"  # a folder from before the statistics were recorded
+    shutil.copytree(folder, old)
+    config = json.loads((old / "config.json").read_text())
+    (old / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k != "action_stats"}))
+    with pytest.raises(ValueError, match="does not record its training actions' std"):
+        evaluate(plan_config(f"jepa:{old}", tmp_path / "old", "objective=dino_wm_maze", "sigma_units=data"))
+    for overrides, message in ((["world_model=oracle"], "world_model=oracle has none"),
+                               (["sigma_units=std"], "sigma_units must be 'action' or 'data'")):
+        with pytest.raises(ValueError, match=message):
+            evaluate(plan_config(f"jepa:{folder}", tmp_path / "bad", "objective=dino_wm_maze", "sigma_units=data",
+                                 *overrides))
+    cfg = plan_config(f"jepa:{folder}", tmp_path / "bad", "sigma_units=data")
+    with pytest.raises(ValueError, match="the GradientPlanner planner has none"):
+        scale_sigma(cfg, build_planner({"name": "gradient"}), JEPAWorldModel.from_folder(folder))
 
 
 @pytest.mark.parametrize("overrides, error, message", [

@@ -256,3 +256,19 @@ def test_predicted_panel_is_the_decoded_rollout_of_the_executed_plan(checkpoint,
         expected = wm.decode(pred)[1].numpy()
         np.testing.assert_array_equal(np.stack(recorded[1].predicted_frames[t:t + HORIZON]), expected)
     assert episode_video(recorded[1]).shape == (2 * HORIZON + 1, 24 + 256 + 24, 4 + 3 * 260, 3)
+
+
+def test_checkpoints_record_their_training_actions_std_for_sigma_units_data(checkpoint, wall_data, tmp_path):
+    from wmplan.checkpoint import read_checkpoint
+    from wmplan.data.dataset import ClipDataset
+    from wmplan.rollout import WorldModel
+
+    recorded = read_checkpoint(checkpoint)["wmplan_config"]["data"]  # the conftest run: val_fraction 0.3
+    mean, std = ClipDataset(wall_data, 2, 1, "train", val_fraction=0.3, seed=0).action_stats()
+    np.testing.assert_allclose(recorded["action_mean"], mean, rtol=1e-6)
+    np.testing.assert_allclose(recorded["action_std"], std, rtol=1e-6)
+    np.testing.assert_array_equal(WorldModel.from_checkpoint(checkpoint).action_std, np.float32(recorded["action_std"]))
+    results = evaluate(plan_config(checkpoint, tmp_path / "data", "sigma_units=data", "videos=0", "report=false"))
+    assert results["config"]["sigma_units"] == "data" and results["episodes"] == EPISODES
+    with pytest.raises(ValueError, match="pretrained:wall does not record its training actions' std"):
+        evaluate(plan_config("pretrained:wall", tmp_path / "old", "sigma_units=data", "env.resolution=64"))

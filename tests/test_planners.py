@@ -196,3 +196,26 @@ def test_colored_noise_planners_reach_the_goal_and_check_frameskip(name):
         build_planner({**FAST[name], "noise_beta": -1.0})
     with pytest.raises(ValueError, match="noise_beta"):
         build_planner({**FAST[name], "noise_beta": float("nan")})
+
+
+@pytest.mark.parametrize("name", ["cem", "mppi"])
+def test_scale_sigma_samples_each_action_dimension_at_its_own_scale(name):
+    """scale_sigma([0.1, 1]): the first sampled candidates spread 10x less in action dimension 0."""
+    planner = build_planner({**FAST[name], "iterations": 1, "num_samples": 400})
+    planner.scale_sigma([0.1, 1.0])
+    seen = []
+
+    def recording(pred, goal, actions):  # actions [B, S, H, A]
+        seen.append(actions)
+        return MSE_LAST(pred, goal, actions)
+
+    plan(planner, REACHABLE, objective=recording)
+    samples = seen[0][:, 1:]  # candidate 0 is the mean (zeros)
+    spread = samples.reshape(-1, A).std(dim=0)
+    sigma = FAST[name].get("noise_sigma", 1.0)
+    assert abs(spread[0] - 0.1 * sigma) < 0.02 * sigma and spread[1] > 4 * spread[0]
+    with pytest.raises(ValueError, match="sigma scale must be finite and > 0"):
+        planner.scale_sigma([0.1, 0.0])
+    planner.scale_sigma([0.1, 0.2, 0.3])
+    with pytest.raises(ValueError, match="the sigma scale has 3 dimensions, the env's actions 2"):
+        plan(planner, REACHABLE)

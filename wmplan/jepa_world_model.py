@@ -52,6 +52,8 @@ class JEPAWorldModel:
         self.action_dim = int(model.cfg.action_dim)
         env = config.get("env") or {}
         self.env_id, self.frameskip, self.resolution = env.get("id"), env.get("frameskip"), env.get("resolution")
+        stats = config.get("action_stats")  # absent in folders from before it was recorded
+        self.action_std = None if stats is None else np.asarray(stats["std"], dtype=np.float32)  # [A] env actions
         self.checkpoint_hash = checkpoint_hash
 
     @classmethod

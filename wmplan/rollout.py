@@ -52,6 +52,8 @@ class WorldModel:
         self.uses_proprio = int(cfg.model.proprio_dim) > 0
         self.env_id = str(cfg.env.id)
         self.resolution = int(cfg.env.resolution)
+        std = cfg.data.get("action_std")  # recorded by wmplan-train; absent in older checkpoints
+        self.action_std = None if std is None else np.asarray(std, dtype=np.float32)  # [A] env actions
         self.chunk_size = resolve_chunk_size(chunk_size, self.model, self.window, next(module.parameters()).device)
 
     def check_env(self, env_id: str, frameskip: int, resolution: int) -> None:

@@ -201,11 +201,13 @@ def train(cfg: DictConfig) -> Path:
     codec = build_codec(CodecConfig(**cfg.latent))
     cfg = complete_config(cfg, codec)
     train_set, val_set = build_datasets(cfg, codec)
+    clips = getattr(train_set, "clips", train_set)  # the ClipDataset under a latent cache
+    # Recorded with the model: planners can sample in these units (wmplan-plan sigma_units=data).
+    cfg.data.action_mean, cfg.data.action_std = (x.tolist() for x in clips.action_stats())
     module = WorldModelModule(cfg, codec=codec)
     latest = out_dir / "checkpoints" / "latest.ckpt"
     resume = latest if cfg.checkpoint.resume and latest.exists() else None
     if resume is None:
-        clips = getattr(train_set, "clips", train_set)  # the ClipDataset under a latent cache
         if cfg.model.proprio_dim:  # imported video may have none
             module.set_proprio_stats(*clips.proprio_stats())
         if cfg.training.init_from is not None:  # a resumed run has its own weights

@@ -118,6 +118,7 @@ def train_jepa(data: str | Path, out_dir: str | Path, model_cfg: dict, cfg: JEPA
         model.pose_mean.copy_(torch.from_numpy(pose.mean(0)))
         std = pose.std(0)
         model.pose_std.copy_(torch.from_numpy(np.where(std > 1e-6, std, 1.0)))  # a constant feature stays unscaled
+    action_mean, action_std = clips["train"].action_stats()  # planners sample in these units (sigma_units=data)
     clips = {split: PosedClips(c, pose_env) for split, c in clips.items()}
     start = time.perf_counter()
     out_dir = Path(out_dir)
@@ -129,7 +130,8 @@ def train_jepa(data: str | Path, out_dir: str | Path, model_cfg: dict, cfg: JEPA
     metrics = {**_evaluate(model, clips["val"], cfg, device), "final_train": last, "scaling_factor": scale,
                "train_clips": len(clips["train"]), "seconds": round(time.perf_counter() - start, 1)}
     meta = {"scaling_factor": scale, "env": {"id": info["env_id"], "frameskip": frameskip, "resolution": info["resolution"]},
-            "train": {**dataclasses.asdict(cfg), "precision": precision}, "dataset": str(data), "metrics": metrics}
+            "train": {**dataclasses.asdict(cfg), "precision": precision}, "dataset": str(data), "metrics": metrics,
+            "action_stats": {"mean": action_mean.tolist(), "std": action_std.tolist()}}
     _save(model.cpu(), out_dir, meta)
     resume.unlink(missing_ok=True)
     return metrics

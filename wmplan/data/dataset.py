@@ -400,6 +400,14 @@ class ClipDataset:
         proprio = self.train_frames("proprio")
         return proprio.mean(0).astype(np.float32), _safe_std(proprio)
 
+    def action_stats(self) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and std float32 [A] of the env actions of the train episodes (the scale a planner
+        should sample at: DINO-WM plans in actions normalised by them)."""
+        o, e = self.offsets, self._train_episodes
+        rows = np.concatenate([np.arange(o[i] - i, o[i + 1] - i - 1) for i in e])  # actions: one fewer per episode
+        actions = np.asarray(self.arrays["actions"][rows])
+        return actions.mean(0).astype(np.float32), _safe_std(actions)
+
     def train_frames(self, key: str) -> np.ndarray:
         """Array ``key`` ("proprio" or "states") of every frame of the train episodes, [F, ...]."""
         if key not in ("proprio", "states"):

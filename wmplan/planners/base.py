@@ -225,6 +225,7 @@ class GaussianPlanner(Planner):
     itself, so a good warm start is never lost), clamps them into the action box, scores
     them and lets the subclass refit ``(mean, std)``. The plan is the final mean.
     ``noise_beta`` colours the sampling noise over env time (see ``colored_noise``).
+    ``scale_sigma`` makes the sigma per env-action dimension (e.g. in units of the data's std).
     """
 
     def __init__(self, num_samples: int, iterations: int, init_sigma: float, max_batch: int, noise_beta: float = 0.0):
@@ -236,6 +237,25 @@ class GaussianPlanner(Planner):
             )
         self.num_samples, self.iterations, self.init_sigma = num_samples, iterations, init_sigma
         self.noise_beta = noise_beta
+        self.sigma_scale: Tensor | None = None  # [A], set by scale_sigma
+
+    def scale_sigma(self, scale: Sequence[float]) -> None:
+        """Sample at ``init_sigma * scale[a]`` in env-action dimension ``a`` instead of
+        ``init_sigma`` in all: ``scale`` [A] is e.g. the training actions' std, as DINO-WM samples
+        in actions normalised by its dataset's statistics."""
+        scale = torch.as_tensor(scale, dtype=torch.float32).flatten()
+        if len(scale) == 0 or not (torch.isfinite(scale).all() and (scale > 0).all()):
+            raise ValueError(f"sigma scale must be finite and > 0 in every action dimension, got {scale.tolist()}")
+        self.sigma_scale = scale
+
+    def sigma(self, like: Tensor) -> Tensor:
+        """The initial (CEM) or fixed (MPPI) std of plans shaped like ``like`` [B, T, A]."""
+        std = torch.full_like(like, self.init_sigma)
+        if self.sigma_scale is None:
+            return std
+        if len(self.sigma_scale) != like.shape[-1]:
+            raise ValueError(f"the sigma scale has {len(self.sigma_scale)} dimensions, the env's actions {like.shape[-1]}")
+        return std * self.sigma_scale.to(like)
 
     @abstractmethod
     def update(self, samples: Tensor, costs: Tensor) -> tuple[Tensor, Tensor]:
@@ -243,7 +263,7 @@ class GaussianPlanner(Planner):
 
     def search(self, rollout_fn, objective, goal, init, generator):
         B, T, A = init.shape
-        mean, std = init, torch.full_like(init, self.init_sigma)
+        mean, std = init, self.sigma(init)
         for _ in range(self.iterations):
             noise = colored_noise((B, self.num_samples, T, A), self.noise_beta, generator, init.device)
             samples = mean[:, None] + std[:, None] * noise  # [B, S, T, A]

@@ -26,6 +26,7 @@ from wmplan.config_dir import CONFIG_DIR as _CONFIG_DIR
 from wmplan.envs import make
 from wmplan.hardware import tune_cpu_allocator
 from wmplan.planners import build_objective, build_planner
+from wmplan.planners.base import GaussianPlanner
 from wmplan.planners.mpc import plan_horizons, run_mpc, sample_episodes, save_videos, summary_line, write_results
 from wmplan.planners.oracle import EnvDistance, OracleModel
 from wmplan.planners.shards import parse_shard, results_name, shard_episode_ids
@@ -144,6 +145,26 @@ def check_frame_weights(cfg: DictConfig) -> None:
                          f"{cfg.budget_horizon}): give one weight per step, or use frames=last/all")
 
 
+def scale_sigma(cfg: DictConfig, planner, wm) -> None:
+    """``sigma_units=data``: the planner's sigma (``var_scale`` / ``noise_sigma``) counts in units of
+    the world model's training-action std per dimension, recorded at training (DINO-WM samples
+    in actions normalised by its dataset's statistics); ``action``: in raw action units."""
+    if cfg.sigma_units not in ("action", "data"):
+        raise ValueError(f"sigma_units must be 'action' or 'data', got {cfg.sigma_units!r}")
+    if cfg.sigma_units == "action" or cfg.world_model in ("random", "noop"):  # those two sample no sigma
+        return
+    if wm is None:
+        raise ValueError(f"sigma_units=data reads a trained world model's action statistics; world_model="
+                         f"{cfg.world_model} has none (use sigma_units=action)")
+    if wm.action_std is None:
+        raise ValueError(f"{cfg.world_model} does not record its training actions' std (trained before wmplan "
+                         "recorded it): retrain it, or use sigma_units=action with planner.var_scale")
+    if not isinstance(planner, GaussianPlanner):
+        raise ValueError(f"sigma_units=data scales a sampling sigma: the {type(planner).__name__} planner has "
+                         "none (use cem or mppi)")
+    planner.scale_sigma(wm.action_std)
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Run the MPC protocol of ``cfg``; returns the results dict that was written."""
     check_numbers(cfg, {"episodes": 1, "seed": 0, "budget_env_steps": 1, "horizon": 1})
@@ -157,6 +178,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     episodes = [every_episode[i] for i in episode_ids]
     encode_fn, make_rollout_fn, objective, wm = model_and_objective(cfg, env)
     planner = build_planner({"name": cfg.world_model} if cfg.world_model in ("random", "noop") else cfg.planner)
+    scale_sigma(cfg, planner, wm)
     records = run_mpc(
         env, planner, objective, encode_fn, make_rollout_fn, episodes,
         budget_env_steps=cfg.budget_env_steps, execute_k=cfg.execute_k, horizon=cfg.horizon,

@@ -35,4 +35,4 @@ class MPPI(GaussianPlanner):
         logits = -(costs - costs.min(dim=1, keepdim=True).values) / (self.temperature * spread)
         weights = torch.softmax(logits, dim=1)  # [B, S]
         mean = (weights[:, :, None, None] * samples).sum(dim=1)  # [B, T, A]
-        return mean, torch.full_like(mean, self.init_sigma)  # the exploration noise stays fixed
+        return mean, self.sigma(mean)  # the exploration noise stays fixed
