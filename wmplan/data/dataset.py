@@ -241,22 +241,22 @@ def _build_cache(root: Path, info: dict, shards: list[tuple[int, int, Path]], ke
 def _write_cache_arrays(tmp: Path, info: dict, shards: list[tuple[int, int, Path]]) -> None:
     metas = [_shard_metadata(d) for *_, d in shards]
     episodes = sum(m["total_episodes"] for m in metas)
-    frames = sum(m["total_steps"] for m in metas) + episodes  # env steps with a state: L + 1 per episode
+    rows = sum(m["total_steps"] for m in metas) + episodes  # of states and proprio: L + 1 per episode
     stride = frame_stride_of(info)
-    pixels = frames if stride == 1 else sum(stored_frames(_episode_steps(d), stride).sum() for *_, d in shards)
+    pixel_rows = rows if stride == 1 else sum(stored_frames(_episode_steps(d), stride).sum() for *_, d in shards)
     r = info["resolution"]
     shapes = {
-        "frames": ((int(pixels), r, r, 3), np.uint8),
-        "proprio": ((frames, info["proprio_dim"]), np.float32),
-        "states": ((frames, info["state_dim"]), np.float64),
-        "actions": ((frames - episodes, info["action_dim"]), np.float32),
+        "frames": ((int(pixel_rows), r, r, 3), np.uint8),
+        "proprio": ((rows, info["proprio_dim"]), np.float32),
+        "states": ((rows, info["state_dim"]), np.float64),
+        "actions": ((rows - episodes, info["action_dim"]), np.float32),
     }
     out = {name: np.lib.format.open_memmap(tmp / f"{name}.npy", "w+", dt, shape) for name, (shape, dt) in shapes.items()}  # fmt: skip
     offsets, p0 = [0], 0
     episode_iter = (ep for *_, d in shards for ep in _shard_episodes(d, info))
     for e, ep in enumerate(episode_iter):
         f0, n, m = offsets[-1], len(ep["states"]), len(ep["pixels"])
-        if f0 + n > frames or p0 + m > pixels:
+        if f0 + n > rows or p0 + m > pixel_rows:
             raise ValueError(f"corrupt dataset {tmp.parent}: episodes hold more steps than the shard metadata says")
         out["frames"][p0 : p0 + m] = ep["pixels"]
         p0 += m
@@ -264,7 +264,7 @@ def _write_cache_arrays(tmp: Path, info: dict, shards: list[tuple[int, int, Path
         out["states"][f0 : f0 + n] = ep["states"]
         out["actions"][f0 - e : f0 - e + n - 1] = ep["actions"]
         offsets.append(f0 + n)
-    if offsets[-1] != frames or p0 != pixels:
+    if offsets[-1] != rows or p0 != pixel_rows:
         raise ValueError(f"corrupt dataset {tmp.parent}: episodes hold fewer steps than the shard metadata says")
     for array in out.values():
         array.flush()
