@@ -212,7 +212,7 @@ def test_configs_match_their_dataclasses():
 def test_recipes_build_the_pusht_model_with_its_probe(recipe):
     from wmplan.train_jepa import _complete_model_config, _pose_env
 
-    cfg = compose_config("train_jepa", [f"recipe={recipe}"])
+    cfg = compose_config("train_jepa", [f"jepa_recipe={recipe}"])
     train = JEPATrainConfig(**OmegaConf.to_container(cfg.train, resolve=True))
     info = {"resolution": cfg.env.resolution, "action_dim": 2, "proprio_dim": 4, "env_id": cfg.env.id, "state_dim": 10}
     model = _complete_model_config(OmegaConf.to_container(cfg.model, resolve=True), info, cfg.env.frameskip,
