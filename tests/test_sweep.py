@@ -144,9 +144,11 @@ def test_latent_cell_trains_its_codec_first(codec, patch, wall_data, tmp_path):
     out = tmp_path / "sweep"
     tiny = [o for o in TINY_TRAIN if not o.startswith("latent")] + [f"model.patch_size={patch}"]
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        # The cell's own train overrides come last; the jepa cell's (training.max_steps=10000) made
+        # this test train for 10 minutes, so the tiny settings replace them.
         cfg = compose("sweep", [*sweep_overrides(wall_data, out), "ablation=latent", f"cell={codec}",
                                 f"train_overrides={quoted(tiny)}", f"codec_overrides.{codec}={quoted(CODEC_OVERRIDES[codec])}",
-                                "budget.plan_episodes=0"])
+                                f"ablation.cells.{codec}.train={quoted(tiny)}", "budget.plan_episodes=0"])
         result = run_cell(cfg)
     assert (out / "codecs" / codec).is_dir() and result["plan"] is None
     # A VAE decodes (prediction quality); the JEPA is encode-only (action sensitivity in its latent).
