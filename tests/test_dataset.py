@@ -213,6 +213,10 @@ def test_frame_stride_stores_only_the_trained_frames_and_serves_the_same_clips(d
     assert len(frames) == 6 * 5 and len(np.load(dot_data / CACHE_DIR / "frames.npy", mmap_mode="r")) == 6 * 13
     with pytest.raises(ValueError, match="frame_stride 3.*frameskip must be a multiple of it, got 2"):
         ClipDataset(strided, 3, 2)
+    info = strided / "wmplan.json"
+    info.write_text(info.read_text().replace('"frame_stride": 3', '"frame_stride": 0'))
+    with pytest.raises(ValueError, match="corrupt dataset .*frame_stride must be a positive int, got 0"):
+        ClipDataset(strided, 3, 3)
 
 
 def test_action_stats_are_over_the_train_episodes_actions(dot_data):

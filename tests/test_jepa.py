@@ -467,6 +467,21 @@ def pusht_data(tmp_path_factory):
     return collect(env_cfg, 6, "expert", 0, tmp_path_factory.mktemp("data") / "pusht", progress=False)
 
 
+def test_posed_clips_pickle_for_spawned_loader_workers(pusht_data):
+    """macOS and Windows start DataLoader workers by pickling the dataset (train.num_workers)."""
+    import pickle
+
+    from wmplan.train_jepa import PosedClips, _pose_env
+
+    env, width = _pose_env({"env_id": PUSHT["id"], "state_dim": 10})
+    clips = PosedClips(ClipDataset(pusht_data, 4, 5, "train", val_fraction=0.3), env)
+    copy = pickle.loads(pickle.dumps(clips))
+    original, restored = clips[3], copy[3]
+    assert original["pose"].shape == (4, width)
+    for key in ("pixels", "actions", "pose"):
+        np.testing.assert_array_equal(original[key], restored[key])
+
+
 @pytest.fixture(scope="module")
 def probe_jepa_folder(pusht_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("jepa_probe") / "pusht"

@@ -94,7 +94,7 @@ def train_jepa(data: str | Path, out_dir: str | Path, model_cfg: dict, cfg: JEPA
 
     ``model_cfg``: ``JEPAConfig`` fields; ``image_size`` and ``action_dim`` left None are read
     from the dataset. ``env``: optional ``{"id", "frameskip", "resolution"}`` the dataset must match."""
-    from wmplan.data.dataset import ClipDataset, load_dataset_info
+    from wmplan.data.dataset import ClipDataset, load_dataset_info, safe_std
 
     cfg = cfg or JEPATrainConfig()
     info = load_dataset_info(data)
@@ -116,8 +116,7 @@ def train_jepa(data: str | Path, out_dir: str | Path, model_cfg: dict, cfg: JEPA
     if model_cfg.probe_dim:
         pose = pose_env.pose_features(clips["train"].train_frames("states"))  # [F, probe_dim]
         model.pose_mean.copy_(torch.from_numpy(pose.mean(0)))
-        std = pose.std(0)
-        model.pose_std.copy_(torch.from_numpy(np.where(std > 1e-6, std, 1.0)))  # a constant feature stays unscaled
+        model.pose_std.copy_(torch.from_numpy(safe_std(pose)))  # a constant feature stays unscaled
     action_mean, action_std = clips["train"].action_stats()  # planners sample in these units (sigma_units=data)
     clips = {split: PosedClips(c, pose_env) for split, c in clips.items()}
     start = time.perf_counter()
@@ -230,10 +229,9 @@ class _StepBatches(torch.utils.data.Sampler):
 def _batches(clips, cfg: JEPATrainConfig, first: int):
     """The batches of steps ``first..cfg.steps`` in order; ``num_workers`` processes load them ahead
     (a GPU would otherwise wait on the CPU: 256 PushT clips take ~0.3 s on one busy core)."""
-    if cfg.num_workers == 0:
-        return (_batch(clips, _step_draws(cfg, step, len(clips))[1]) for step in range(first, cfg.steps + 1))
     return iter(torch.utils.data.DataLoader(clips, batch_sampler=_StepBatches(cfg, first, len(clips)),
-                                            num_workers=cfg.num_workers, collate_fn=_collate, prefetch_factor=4))
+                                            num_workers=cfg.num_workers, collate_fn=_collate,
+                                            prefetch_factor=4 if cfg.num_workers else None))
 
 
 def _lr(cfg: JEPATrainConfig, step: int) -> float:

@@ -53,9 +53,9 @@ from wmplan.data.dataset import (
     FORMAT,
     INFO_FILE,
     SHARD_DIR,
+    frame_stride_of,
     list_shards,
     load_dataset_info,
-    frame_stride_of,
     read_info,
 )
 from wmplan.data.policies import make_policy

@@ -335,7 +335,7 @@ class ClipDataset:
         self.info = read_info(path)
         self.stride = frame_stride_of(self.info)
         if num_frames > 1 and frameskip % self.stride:
-            raise ValueError(f"{path} stores every {self.stride}th frame only (frame_stride {self.stride}): "
+            raise ValueError(f"{path} stores one frame every {self.stride} env steps (frame_stride {self.stride}): "
                              f"frameskip must be a multiple of it, got {frameskip}")
         arrays = open_cache(path)
         self.key = arrays["key"]
@@ -398,7 +398,7 @@ class ClipDataset:
     def proprio_stats(self) -> tuple[np.ndarray, np.ndarray]:
         """Mean and std float32 [P] of proprio over the train episodes' frames."""
         proprio = self.train_frames("proprio")
-        return proprio.mean(0).astype(np.float32), _safe_std(proprio)
+        return proprio.mean(0).astype(np.float32), safe_std(proprio)
 
     def action_stats(self) -> tuple[np.ndarray, np.ndarray]:
         """Mean and std float32 [A] of the env actions of the train episodes (the scale a planner
@@ -406,7 +406,7 @@ class ClipDataset:
         o, e = self.offsets, self._train_episodes
         rows = np.concatenate([np.arange(o[i] - i, o[i + 1] - i - 1) for i in e])  # actions: one fewer per episode
         actions = np.asarray(self.arrays["actions"][rows])
-        return actions.mean(0).astype(np.float32), _safe_std(actions)
+        return actions.mean(0).astype(np.float32), safe_std(actions)
 
     def train_frames(self, key: str) -> np.ndarray:
         """Array ``key`` ("proprio" or "states") of every frame of the train episodes, [F, ...]."""
@@ -429,7 +429,7 @@ def validation_subset(dataset: Dataset, n: int, seed: int) -> Subset:
     return Subset(dataset, sorted(int(i) for i in idx))
 
 
-def _safe_std(x: np.ndarray) -> np.ndarray:
+def safe_std(x: np.ndarray) -> np.ndarray:
     """Per-dimension std [D] of x [N, D]; 1 where a dimension never varies, so it stays unscaled."""
     std = x.std(0)
     return np.where(std > 1e-6, std, 1.0).astype(np.float32)
