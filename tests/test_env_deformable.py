@@ -6,10 +6,12 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from gymnasium.utils.env_checker import check_env  # noqa: E402
 
+from wmplan.envs.chamfer import chamfer_distance  # noqa: E402
 from wmplan.envs.deformable import (  # noqa: E402
     GRAIN_RADIUS,
     GOAL_SCALE,
     OBJECT_BOUND,
+    POSE_GRID,
     ROPE_RADIUS,
     SEGMENT_LENGTH,
     TABLE_HALF,
@@ -167,6 +169,50 @@ def test_goals_are_physical_transforms_of_the_start(env, seed):
         scale = np.median(dg[ds > 0] / ds[ds > 0])
         assert GOAL_SCALE[0] - 0.01 <= scale <= GOAL_SCALE[1] + 0.01
         assert dg[~np.eye(len(g), dtype=bool)].min() > 2 * GRAIN_RADIUS * 0.98  # no overlaps
+
+
+def test_pose_features_are_the_layout_on_the_grid(env, start_goal):
+    start, goal = start_goal
+    cells = POSE_GRID**2
+    features = env.pose_features(np.stack([start, goal]))
+    assert features.shape == (2, 2 * cells)
+    np.testing.assert_allclose(features[:, :cells].sum(-1), 1.0)  # occupancy shares
+    assert (features[:, :cells] >= 0).all()
+    # Each cell's distance field value is its centre's distance to the nearest particle.
+    centres = (np.arange(POSE_GRID) + 0.5) / POSE_GRID * 2 * TABLE_HALF - TABLE_HALF
+    row, col = 3, 11
+    nearest = np.linalg.norm(env.particle_positions(start)[:, :2] - [centres[col], centres[row]], axis=-1).min()
+    assert features[0, cells + row * POSE_GRID + col] == pytest.approx(nearest)
+    # The occupancy's centre of mass is the particles' (bilinear shares keep the mean exactly).
+    occupancy = features[0, :cells].reshape(POSE_GRID, POSE_GRID)
+    mean_xy = [(occupancy.sum(0) * centres).sum(), (occupancy.sum(1) * centres).sum()]
+    np.testing.assert_allclose(mean_xy, env.particle_positions(start)[:, :2].mean(0), atol=1e-9)
+    np.testing.assert_array_equal(env.pose_features(start), features[0])  # one state, no batch axis
+    with pytest.raises(ValueError, match="states must be"):
+        env.pose_features(np.zeros(5))
+    with pytest.raises(ValueError, match="pose features must be"):
+        env.pose_cost(features[:, :10], features[:, :10])
+
+
+def test_pose_cost_ranks_states_as_the_chamfer_distance_does(env, start_goal):
+    """The planning cost on the grid follows the true Chamfer distance to the goal, from
+    numpy and torch alike, and ignores a probe's negative or unnormalised occupancy."""
+    import torch
+    from scipy.stats import spearmanr
+
+    start, goal = start_goal
+    states = env.simulate(start, mixed_pushes(env, start, 0, 12))  # [13, state_dim]
+    features, goal_features = env.pose_features(states), env.pose_features(goal)
+    cost = env.pose_cost(features, goal_features)
+    true = [chamfer_distance(env.particle_positions(s), env.particle_positions(goal)) for s in states]
+    assert spearmanr(cost, true)[0] > 0.8
+    torch.testing.assert_close(env.pose_cost(torch.from_numpy(features), torch.from_numpy(goal_features)),
+                               torch.from_numpy(cost))
+    noisy = features.copy()
+    noisy[:, : POSE_GRID**2] *= 3.0
+    noisy[:, 0] = -0.5  # a probe's negative share counts as none
+    np.testing.assert_allclose(env.pose_cost(noisy, goal_features), env.pose_cost(np.where(
+        np.arange(noisy.shape[1]) == 0, 0.0, features), goal_features), rtol=1e-6)
 
 
 def test_render_state_keeps_state(env, start_goal):

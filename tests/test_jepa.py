@@ -566,3 +566,25 @@ def test_max_train_episodes_trains_on_fewer_episodes_and_keeps_the_val_split(jep
     assert metrics["train_clips"] == 2 * per_episode and metrics["val_clips"] == full["val_clips"]
     with pytest.raises(ValueError, match="has 5 train episodes, fewer than max_train_episodes=6"):
         train_jepa(wall_data, tmp_path / "n", TINY, tiny_training(steps=1, max_train_episodes=6), ENV)
+
+
+def test_granular_layout_probe_trains_and_plans(tmp_path):
+    """Granular's pose probe reads the grains' layout grid (GranularEnv.pose_features): 512
+    features, summarised as one held-out RMSE, and objective=pose_probe plans with its grid
+    Chamfer cost (the jepa_recipe=granular path, at toy size)."""
+    from wmplan.data.collect import collect
+    from wmplan.envs.config import load_env_config
+
+    env_cfg = load_env_config("granular", resolution=RESOLUTION, episode_length=6)
+    data = collect(env_cfg, 4, "random", 0, tmp_path / "granular", progress=False)
+    folder = tmp_path / "jepa"
+    env = {"id": "wmplan/Granular-v0", "frameskip": 1, "resolution": RESOLUTION}
+    metrics = train_jepa(data, folder, {**TINY, "history": 1, "proprio_dim": None, "probe_dim": None},
+                         tiny_training(steps=4, val_clips=4, scale_clips=4), env)
+    _, config = load_jepa(folder)
+    assert config["model"]["probe_dim"] == 512
+    assert isinstance(metrics["val_probe_rmse"], float) and isinstance(metrics["val_probe_predicted_rmse"], float)
+    results = evaluate(plan_config(f"jepa:{folder}", tmp_path / "plan", "env=granular", "objective=pose_probe",
+                                   "budget_env_steps=2", "horizon=2", "videos=0"))
+    assert results["config"]["objective"]["pose_weight"] == 1.0
+    assert all(np.isfinite(r["final_distance"]) for r in results["records"])

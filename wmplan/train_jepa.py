@@ -345,7 +345,8 @@ def _unit_variance_scale(model: JEPA, clips, cfg: JEPATrainConfig, device: torch
 def _evaluate(model: JEPA, clips, cfg: JEPATrainConfig, device: torch.device) -> dict[str, float]:
     """Held-out next-embedding MSE against copying the last embedding, and SIGReg (and the
     normalised next-proprio MSE against copy-last, for models that read proprio; and the pose
-    probe's RMSE per feature in the env's units, on encoded and on predicted embeddings)."""
+    probe's RMSE per feature in the env's units, or over all features when there are more than 16,
+    on encoded and on predicted embeddings)."""
     from wmplan.models.jepa import sigreg
 
     z, actions, proprio, pose = _embeddings(model, clips, _sample(clips, cfg.val_clips, cfg.seed + 1), device)
@@ -360,8 +361,11 @@ def _evaluate(model: JEPA, clips, cfg: JEPATrainConfig, device: torch.device) ->
         metrics["val_proprio_mse"] = round(F.mse_loss(pred_p.float().cpu(), p[:, 1:]).item(), 6)
         metrics["val_proprio_copy_last_mse"] = round(F.mse_loss(p[:, :-1], p[:, 1:]).item(), 6)
     if model.probe is not None:
-        def rmse(read: torch.Tensor, true: torch.Tensor) -> list[float]:
-            return [round(x, 4) for x in (read.cpu() - true).square().flatten(0, -2).mean(0).sqrt().tolist()]
+        def rmse(read: torch.Tensor, true: torch.Tensor) -> list[float] | float:
+            square = (read.cpu() - true).square().flatten(0, -2)  # [n, F]
+            if square.shape[-1] > 16:  # a layout grid (Rope, Granular): one RMSE over its cells
+                return round(square.mean().sqrt().item(), 5)
+            return [round(x, 4) for x in square.mean(0).sqrt().tolist()]
 
         metrics["val_probe_rmse"] = rmse(model.read_pose(z.to(device)), pose)
         metrics["val_probe_predicted_rmse"] = rmse(model.read_pose(pred.float()), pose[:, 1:])

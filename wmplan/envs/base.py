@@ -62,7 +62,7 @@ class GoalEnv(gym.Env):
         """States ``[..., state_dim]`` -> pose features float64 ``[..., F]``: what one frame shows
         and success needs, the targets of a pose probe on learned latents (JEPA ``model.probe_dim``)."""
         raise NotImplementedError(f"{type(self).__name__} defines no pose features: a pose probe needs an env "
-                                  "that does (PushT)")
+                                  "that does (PushT, Rope, Granular)")
 
     def pose_cost(self, features: Any, goal: Any) -> Any:
         """Planning cost ``[...]`` of pose features ``[..., F]`` against the goal's (numpy arrays or
