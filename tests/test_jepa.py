@@ -574,6 +574,7 @@ def test_granular_layout_probe_trains_and_plans(tmp_path):
     Chamfer cost (the jepa_recipe=granular path, at toy size)."""
     from wmplan.data.collect import collect
     from wmplan.envs.config import load_env_config
+    from wmplan.envs.deformable import GranularEnv
 
     env_cfg = load_env_config("granular", resolution=RESOLUTION, episode_length=6)
     data = collect(env_cfg, 4, "random", 0, tmp_path / "granular", progress=False)
@@ -581,10 +582,25 @@ def test_granular_layout_probe_trains_and_plans(tmp_path):
     env = {"id": "wmplan/Granular-v0", "frameskip": 1, "resolution": RESOLUTION}
     metrics = train_jepa(data, folder, {**TINY, "history": 1, "proprio_dim": None, "probe_dim": None},
                          tiny_training(steps=4, val_clips=4, scale_clips=4), env)
-    _, config = load_jepa(folder)
+    model, config = load_jepa(folder)
     assert config["model"]["probe_dim"] == 512
+    # One scale per grid (GranularEnv.pose_groups): the RMS of its cells' stds.
+    pose = GranularEnv().pose_features(ClipDataset(data, 2, 1, "train", 0.3).train_frames("states"))
+    for grid in (slice(0, 256), slice(256, 512)):
+        expected = np.sqrt((pose[:, grid].std(0) ** 2).mean())
+        torch.testing.assert_close(model.pose_std[grid], torch.full((256,), expected, dtype=torch.float32))
     assert isinstance(metrics["val_probe_rmse"], float) and isinstance(metrics["val_probe_predicted_rmse"], float)
     results = evaluate(plan_config(f"jepa:{folder}", tmp_path / "plan", "env=granular", "objective=pose_probe",
                                    "budget_env_steps=2", "horizon=2", "videos=0"))
     assert results["config"]["objective"]["pose_weight"] == 1.0
     assert all(np.isfinite(r["final_distance"]) for r in results["records"])
+
+
+def test_pose_std_pools_groups_and_names_a_mismatch():
+    from wmplan.train_jepa import pose_std
+
+    pose = np.array([[0.0, 0.0, 5.0, 1.0], [2.0, 6.0, 5.0, 3.0]])  # stds 1, 3, 0, 1
+    np.testing.assert_allclose(pose_std(pose, None), [1, 3, 1, 1])  # a constant feature stays unscaled
+    np.testing.assert_allclose(pose_std(pose, (2, 2)), [np.sqrt(5), np.sqrt(5), np.sqrt(0.5), np.sqrt(0.5)], rtol=1e-6)
+    with pytest.raises(ValueError, match=r"pose_groups \(2, 1\) do not cover the 4 pose features"):
+        pose_std(pose, (2, 1))

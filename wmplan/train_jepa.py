@@ -94,7 +94,7 @@ def train_jepa(data: str | Path, out_dir: str | Path, model_cfg: dict, cfg: JEPA
 
     ``model_cfg``: ``JEPAConfig`` fields; ``image_size`` and ``action_dim`` left None are read
     from the dataset. ``env``: optional ``{"id", "frameskip", "resolution"}`` the dataset must match."""
-    from wmplan.data.dataset import ClipDataset, load_dataset_info, safe_std
+    from wmplan.data.dataset import ClipDataset, load_dataset_info
 
     cfg = cfg or JEPATrainConfig()
     info = load_dataset_info(data)
@@ -116,7 +116,7 @@ def train_jepa(data: str | Path, out_dir: str | Path, model_cfg: dict, cfg: JEPA
     if model_cfg.probe_dim:
         pose = pose_env.pose_features(clips["train"].train_frames("states"))  # [F, probe_dim]
         model.pose_mean.copy_(torch.from_numpy(pose.mean(0)))
-        model.pose_std.copy_(torch.from_numpy(safe_std(pose)))  # a constant feature stays unscaled
+        model.pose_std.copy_(torch.from_numpy(pose_std(pose, pose_env.pose_groups)))
     action_mean, action_std = clips["train"].action_stats()  # planners sample in these units (sigma_units=data)
     clips = {split: PosedClips(c, pose_env) for split, c in clips.items()}
     start = time.perf_counter()
@@ -143,6 +143,18 @@ def _check_dataset(data, info: dict, env: dict | None) -> None:
         raise ValueError(f"dataset {data} was collected on {info['env_id']}, config says {env['id']}")
     if int(info["resolution"]) != int(env["resolution"]):
         raise ValueError(f"dataset {data} has {info['resolution']} px frames, config says env.resolution={env['resolution']}")
+
+
+def pose_std(pose: np.ndarray, groups: tuple[int, ...] | None) -> np.ndarray:
+    """The probe's normalising scale [F] of pose features ``pose [N, F]``: each feature's std, or
+    within each of ``groups`` (sizes of consecutive runs) their RMS; a constant one stays unscaled."""
+    std = pose.std(0)
+    if groups is not None:
+        if sum(groups) != len(std):
+            raise ValueError(f"pose_groups {tuple(groups)} do not cover the {len(std)} pose features")
+        bounds = np.cumsum([0, *groups])
+        std = np.concatenate([np.full(n, np.sqrt((std[a:b] ** 2).mean())) for a, b, n in zip(bounds, bounds[1:], groups)])
+    return np.where(std > 1e-6, std, 1.0).astype(np.float32)
 
 
 def _pose_env(info: dict) -> tuple:

@@ -58,6 +58,10 @@ class GoalEnv(gym.Env):
         """The environment's own success rule: ``{"success": bool, "distance": float}``."""
 
     # -- pose probe (optional) ------------------------------------------------------
+    # Sizes of consecutive runs of pose features that share one unit and one normalising scale
+    # for the probe's loss (their RMS std); None: each feature is scaled by its own std.
+    pose_groups: tuple[int, ...] | None = None
+
     def pose_features(self, states: np.ndarray) -> np.ndarray:
         """States ``[..., state_dim]`` -> pose features float64 ``[..., F]``: what one frame shows
         and success needs, the targets of a pose probe on learned latents (JEPA ``model.probe_dim``)."""

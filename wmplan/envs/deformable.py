@@ -302,6 +302,11 @@ class TablePushEnv(MujocoGoalEnv):
         return {"success": distance < self.success_threshold, "distance": distance}
 
     # -- pose probe ---------------------------------------------------------------------
+    # One scale per grid: a rarely occupied cell scaled by its own tiny std would turn its rare
+    # grains into huge targets (a third of the squared normalised occupancy came from values
+    # beyond 5 std on Granular) and the probe's loss would chase them.
+    pose_groups = (POSE_GRID**2, POSE_GRID**2)
+
     def pose_features(self, states: np.ndarray) -> np.ndarray:
         """States ``[..., state_dim]`` -> ``[..., 2 G^2]`` (G = POSE_GRID) float64: the particles'
         occupancy of the table's G x G cells (bilinear shares of the particles' xy, summing to 1),
