@@ -191,7 +191,9 @@ def test_pose_features_are_the_layout_on_the_grid(env, start_goal):
     with pytest.raises(ValueError, match="states must be"):
         env.pose_features(np.zeros(5))
     with pytest.raises(ValueError, match="pose features must be"):
-        env.pose_cost(features[:, :10], features[:, :10])
+        env.pose_cost(features[:, :10], features)
+    with pytest.raises(ValueError, match="goal pose features must be"):
+        env.pose_cost(features, features[:, :10])
 
 
 def test_pose_cost_ranks_states_as_the_chamfer_distance_does(env, start_goal):

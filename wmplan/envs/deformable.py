@@ -327,8 +327,9 @@ class TablePushEnv(MujocoGoalEnv):
         means are. A probe's occupancy may be negative or not sum to 1, so it is clipped at 0
         and renormalised; its distance field, clipped at 0."""
         cells = POSE_GRID * POSE_GRID
-        if features.shape[-1] != 2 * cells:
-            raise ValueError(f"pose features must be [..., {2 * cells}], got {tuple(features.shape)}")
+        for name, f in (("pose features", features), ("goal pose features", goal)):
+            if f.shape[-1] != 2 * cells:
+                raise ValueError(f"{name} must be [..., {2 * cells}], got {tuple(f.shape)}")
 
         def split(f):
             occupancy, distance = f[..., :cells].clip(min=0), f[..., cells:].clip(min=0)
