@@ -221,6 +221,28 @@ def test_recipes_build_the_pusht_model_with_its_probe(recipe):
     assert (train.steps, model.patch_size) == ((12000, 16) if recipe == "pusht" else (100000, 8))
 
 
+@pytest.mark.parametrize("recipe", ["granular", "rope"])
+def test_layout_recipes_build_a_layout_probe_for_their_env(recipe):
+    from wmplan.train_jepa import _complete_model_config, _pose_env
+
+    cfg = compose_config("train_jepa", [f"jepa_recipe={recipe}"])
+    info = {"resolution": cfg.env.resolution, "action_dim": 4, "proprio_dim": 2, "env_id": cfg.env.id,
+            "state_dim": _pose_env_state_dim(cfg.env.id)}
+    model = _complete_model_config(OmegaConf.to_container(cfg.model, resolve=True), info, cfg.env.frameskip,
+                                   _pose_env(info)[1])
+    assert cfg.env.name == recipe and model.probe_dim == 512 and model.history == 1 and model.patch_size == 16
+
+
+def _pose_env_state_dim(env_id: str) -> int:
+    from wmplan.envs import make
+
+    env = make(env_id)
+    try:
+        return len(env.reset(seed=0)[1]["state"])
+    finally:
+        env.close()
+
+
 def test_cli_reports_bad_input_in_one_line(tmp_path, capsys, monkeypatch):
     from wmplan.train_jepa import main
 
@@ -589,7 +611,8 @@ def test_granular_layout_probe_trains_and_plans(tmp_path):
     for grid in (slice(0, 256), slice(256, 512)):
         expected = np.sqrt((pose[:, grid].std(0) ** 2).mean())
         torch.testing.assert_close(model.pose_std[grid], torch.full((256,), expected, dtype=torch.float32))
-    assert isinstance(metrics["val_probe_rmse"], float) and isinstance(metrics["val_probe_predicted_rmse"], float)
+    # One RMSE per grid (occupancy, distance field), not one per cell.
+    assert len(metrics["val_probe_rmse"]) == len(metrics["val_probe_predicted_rmse"]) == 2
     results = evaluate(plan_config(f"jepa:{folder}", tmp_path / "plan", "env=granular", "objective=pose_probe",
                                    "budget_env_steps=2", "horizon=2", "videos=0"))
     assert results["config"]["objective"]["pose_weight"] == 1.0

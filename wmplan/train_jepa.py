@@ -148,13 +148,20 @@ def _check_dataset(data, info: dict, env: dict | None) -> None:
 def pose_std(pose: np.ndarray, groups: tuple[int, ...] | None) -> np.ndarray:
     """The probe's normalising scale [F] of pose features ``pose [N, F]``: each feature's std, or
     within each of ``groups`` (sizes of consecutive runs) their RMS; a constant one stays unscaled."""
+    from wmplan.data.dataset import unit_where_constant
+
     std = pose.std(0)
     if groups is not None:
-        if sum(groups) != len(std):
-            raise ValueError(f"pose_groups {tuple(groups)} do not cover the {len(std)} pose features")
-        bounds = np.cumsum([0, *groups])
-        std = np.concatenate([np.full(n, np.sqrt((std[a:b] ** 2).mean())) for a, b, n in zip(bounds, bounds[1:], groups)])
-    return np.where(std > 1e-6, std, 1.0).astype(np.float32)
+        std = np.concatenate([np.full(len(g), np.sqrt((g**2).mean())) for g in _split_groups(std, groups)])
+    return unit_where_constant(std)
+
+
+def _split_groups(features, groups: tuple[int, ...]) -> list:
+    """``features [..., F]`` split along the last axis into consecutive runs of ``groups`` sizes."""
+    if sum(groups) != features.shape[-1]:
+        raise ValueError(f"pose_groups {tuple(groups)} do not cover the {features.shape[-1]} pose features")
+    bounds = np.cumsum([0, *groups])
+    return [features[..., a:b] for a, b in zip(bounds, bounds[1:])]
 
 
 def _pose_env(info: dict) -> tuple:
@@ -357,7 +364,7 @@ def _unit_variance_scale(model: JEPA, clips, cfg: JEPATrainConfig, device: torch
 def _evaluate(model: JEPA, clips, cfg: JEPATrainConfig, device: torch.device) -> dict[str, float]:
     """Held-out next-embedding MSE against copying the last embedding, and SIGReg (and the
     normalised next-proprio MSE against copy-last, for models that read proprio; and the pose
-    probe's RMSE per feature in the env's units, or over all features when there are more than 16,
+    probe's RMSE in the env's units, per feature or per the env's ``pose_groups`` (a layout grid),
     on encoded and on predicted embeddings)."""
     from wmplan.models.jepa import sigreg
 
@@ -373,10 +380,12 @@ def _evaluate(model: JEPA, clips, cfg: JEPATrainConfig, device: torch.device) ->
         metrics["val_proprio_mse"] = round(F.mse_loss(pred_p.float().cpu(), p[:, 1:]).item(), 6)
         metrics["val_proprio_copy_last_mse"] = round(F.mse_loss(p[:, :-1], p[:, 1:]).item(), 6)
     if model.probe is not None:
-        def rmse(read: torch.Tensor, true: torch.Tensor) -> list[float] | float:
+        groups = clips.pose_env.pose_groups
+
+        def rmse(read: torch.Tensor, true: torch.Tensor) -> list[float]:
             square = (read.cpu() - true).square().flatten(0, -2)  # [n, F]
-            if square.shape[-1] > 16:  # a layout grid (Rope, Granular): one RMSE over its cells
-                return round(square.mean().sqrt().item(), 5)
+            if groups is not None:  # a layout grid (Rope, Granular): one RMSE over each grid's cells
+                return [round(g.mean().sqrt().item(), 5) for g in _split_groups(square, groups)]
             return [round(x, 4) for x in square.mean(0).sqrt().tolist()]
 
         metrics["val_probe_rmse"] = rmse(model.read_pose(z.to(device)), pose)

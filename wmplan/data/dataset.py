@@ -431,5 +431,9 @@ def validation_subset(dataset: Dataset, n: int, seed: int) -> Subset:
 
 def safe_std(x: np.ndarray) -> np.ndarray:
     """Per-dimension std [D] of x [N, D]; 1 where a dimension never varies, so it stays unscaled."""
-    std = x.std(0)
+    return unit_where_constant(x.std(0))
+
+
+def unit_where_constant(std: np.ndarray) -> np.ndarray:
+    """``std`` as float32, with 1 where it is ~0, so that dividing by it leaves a constant unscaled."""
     return np.where(std > 1e-6, std, 1.0).astype(np.float32)
