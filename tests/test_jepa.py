@@ -101,6 +101,26 @@ def test_model_shapes_and_causality():
         JEPAConfig(num_tokens=2)
 
 
+def test_patch_tokens_are_a_spatial_latent_that_saves_and_loads(tmp_path):
+    cfg = JEPAConfig(image_size=16, action_dim=10, **{**TINY, "num_tokens": 16, "tokens": "patches"})
+    torch.manual_seed(0)
+    model = JEPA(cfg).eval()
+    assert model.encoder.summary.numel() == 0 and model.encoder.pos.shape[1] == 16  # no summary tokens
+    pixels = torch.randint(0, 256, (2, 3, 16, 16, 3), dtype=torch.uint8)
+    z = model.encode_clips(pixels)
+    assert z.shape == (2, 3, 16, 16) and cfg.latent_shape == (16, 4, 4)
+    pred, _ = model.predict(z[:, :2], torch.randn(2, 2, 10))
+    assert pred.shape == (2, 2, 16, 16)
+    save_jepa(model, tmp_path / "jepa", {})
+    loaded, config = load_jepa(tmp_path / "jepa")
+    assert config["model"]["tokens"] == "patches"
+    torch.testing.assert_close(loaded.encode_clips(pixels), z)
+    with pytest.raises(ValueError, match=r"num_tokens must be 16 \(\(image_size 16 / patch_size 4\)\^2\), got 4"):
+        JEPAConfig(image_size=16, **{**TINY, "num_tokens": 4, "tokens": "patches"})
+    with pytest.raises(ValueError, match="tokens must be 'summary' or 'patches'"):
+        JEPAConfig(tokens="grid")
+
+
 # -- training --------------------------------------------------------------------------------
 def test_training_lowers_the_loss_and_saves_a_folder_that_loads_back(jepa_folder, wall_data):
     folder, metrics = jepa_folder

@@ -43,7 +43,8 @@ class JEPAConfig:
     depth: int = 12
     heads: int = 3
     embed_dim: int = 192  # D: the embedding (latent channels)
-    num_tokens: int = 1  # K summary tokens per frame, a perfect square
+    num_tokens: int = 1  # K tokens per frame, a perfect square
+    tokens: str = "summary"  # summary: K learned summary tokens (CLS for K=1); patches: the K patch tokens themselves
     history: int = 3  # frames the predictor sees (max context)
     pred_width: int = 192
     pred_depth: int = 6
@@ -66,6 +67,12 @@ class JEPAConfig:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if math.isqrt(self.num_tokens) ** 2 != self.num_tokens:
             raise ValueError(f"num_tokens must be a perfect square (tokens fold into an r x r grid), got {self.num_tokens}")
+        if self.tokens not in ("summary", "patches"):
+            raise ValueError(f"JEPAConfig.tokens must be 'summary' or 'patches', got {self.tokens!r}")
+        patches = (self.image_size // self.patch_size) ** 2
+        if self.tokens == "patches" and self.num_tokens != patches:
+            raise ValueError(f"tokens=patches keeps one token per patch: num_tokens must be {patches} "
+                             f"((image_size {self.image_size} / patch_size {self.patch_size})^2), got {self.num_tokens}")
         for w, h, name in ((self.width, self.heads, "width/heads"), (self.pred_width, self.pred_heads, "pred_width/pred_heads")):
             if w % h:
                 raise ValueError(f"{name} = {w}/{h} must be an integer")
@@ -166,7 +173,9 @@ class Block(nn.Module):
 # -- encoder and predictor ----------------------------------------------------------------
 class Encoder(nn.Module):
     """ViT: patchify, K learned summary tokens (CLS for K=1) + patch tokens, blocks, final
-    LayerNorm, then a BatchNorm MLP projector (as LeWorldModel). The hidden BatchNorm keeps the
+    LayerNorm, then a BatchNorm MLP projector (as LeWorldModel) of the summary tokens, or with
+    ``tokens="patches"`` of the patch tokens themselves: a spatial latent, each token tied to
+    its place in the frame. The hidden BatchNorm keeps the
     batch spread at O(1) from the first step: near collapse SIGReg's pull is second order
     (measured: 16 px Wall frames, whose CLS outputs start ~0.002 apart, stayed collapsed for
     600 SIGReg-only steps without it). Eval mode uses its running statistics."""
@@ -174,9 +183,10 @@ class Encoder(nn.Module):
     def __init__(self, cfg: JEPAConfig):
         super().__init__()
         W, n = cfg.width, (cfg.image_size // cfg.patch_size) ** 2
+        summaries = cfg.num_tokens if cfg.tokens == "summary" else 0
         self.patch_embed = nn.Conv2d(3, W, cfg.patch_size, stride=cfg.patch_size)
-        self.summary = nn.Parameter(torch.randn(1, cfg.num_tokens, W) * 0.02)
-        self.pos = nn.Parameter(torch.randn(1, cfg.num_tokens + n, W) * 0.02)
+        self.summary = nn.Parameter(torch.randn(1, summaries, W) * 0.02)
+        self.pos = nn.Parameter(torch.randn(1, summaries + n, W) * 0.02)
         self.blocks = nn.ModuleList(Block(W, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(W, eps=1e-6)
         self.projector = nn.Sequential(nn.Linear(W, 2 * W), nn.BatchNorm1d(2 * W), nn.GELU(), nn.Linear(2 * W, cfg.embed_dim))
@@ -188,8 +198,8 @@ class Encoder(nn.Module):
         tokens = torch.cat([self.summary.expand(len(x), -1, -1), patches], dim=1) + self.pos  # [N, K + n, W]
         for block in self.blocks:
             tokens = block(tokens)
-        summary = self.norm(tokens[:, : self.num_tokens]).flatten(0, 1)  # [N*K, W]
-        return self.projector(summary).view(len(x), self.num_tokens, -1)  # [N, K, D]
+        kept = self.norm(tokens[:, : self.num_tokens]).flatten(0, 1)  # [N*K, W]: the summaries, or all patches
+        return self.projector(kept).view(len(x), self.num_tokens, -1)  # [N, K, D]
 
 
 class Predictor(nn.Module):
