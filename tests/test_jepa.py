@@ -102,7 +102,8 @@ def test_model_shapes_and_causality():
 
 
 def test_patch_tokens_are_a_spatial_latent_that_saves_and_loads(tmp_path):
-    cfg = JEPAConfig(image_size=16, action_dim=10, **{**TINY, "num_tokens": 16, "tokens": "patches"})
+    cfg = JEPAConfig(image_size=16, action_dim=10, **{**TINY, "num_tokens": None, "tokens": "patches"})
+    assert cfg.num_tokens == 16  # one per patch, derived
     torch.manual_seed(0)
     model = JEPA(cfg).eval()
     assert model.encoder.summary.numel() == 0 and model.encoder.pos.shape[1] == 16  # no summary tokens
@@ -115,7 +116,8 @@ def test_patch_tokens_are_a_spatial_latent_that_saves_and_loads(tmp_path):
     loaded, config = load_jepa(tmp_path / "jepa")
     assert config["model"]["tokens"] == "patches"
     torch.testing.assert_close(loaded.encode_clips(pixels), z)
-    with pytest.raises(ValueError, match=r"num_tokens must be 16 \(\(image_size 16 / patch_size 4\)\^2\), got 4"):
+    assert JEPAConfig(num_tokens=None).num_tokens == 1  # summary tokens: one (a CLS token) unless set
+    with pytest.raises(ValueError, match=r"num_tokens must be 16 \(\(image_size 16 / patch_size 4\)\^2\) or null, got 4"):
         JEPAConfig(image_size=16, **{**TINY, "num_tokens": 4, "tokens": "patches"})
     with pytest.raises(ValueError, match="tokens must be 'summary' or 'patches'"):
         JEPAConfig(tokens="grid")

@@ -43,7 +43,7 @@ class JEPAConfig:
     depth: int = 12
     heads: int = 3
     embed_dim: int = 192  # D: the embedding (latent channels)
-    num_tokens: int = 1  # K tokens per frame, a perfect square
+    num_tokens: int | None = None  # K tokens per frame, a perfect square; None: 1, or one per patch (tokens=patches)
     tokens: str = "summary"  # summary: K learned summary tokens (CLS for K=1); patches: the K patch tokens themselves
     history: int = 3  # frames the predictor sees (max context)
     pred_width: int = 192
@@ -55,24 +55,25 @@ class JEPAConfig:
 
     def __post_init__(self) -> None:
         for name in ("image_size", "action_dim", "patch_size", "width", "depth", "heads", "embed_dim",
-                     "num_tokens", "history", "pred_width", "pred_depth", "pred_heads"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"JEPAConfig.{name} must be an int >= 1, got {value!r}")
+                     "history", "pred_width", "pred_depth", "pred_heads"):
+            _check_positive_int(name, getattr(self, name))
         for name in ("proprio_dim", "probe_dim"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"JEPAConfig.{name} must be an int >= 0 (0: none), got {value!r}")
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
-        if math.isqrt(self.num_tokens) ** 2 != self.num_tokens:
-            raise ValueError(f"num_tokens must be a perfect square (tokens fold into an r x r grid), got {self.num_tokens}")
         if self.tokens not in ("summary", "patches"):
             raise ValueError(f"JEPAConfig.tokens must be 'summary' or 'patches', got {self.tokens!r}")
         patches = (self.image_size // self.patch_size) ** 2
+        if self.num_tokens is None:
+            self.num_tokens = patches if self.tokens == "patches" else 1
+        _check_positive_int("num_tokens", self.num_tokens)
         if self.tokens == "patches" and self.num_tokens != patches:
             raise ValueError(f"tokens=patches keeps one token per patch: num_tokens must be {patches} "
-                             f"((image_size {self.image_size} / patch_size {self.patch_size})^2), got {self.num_tokens}")
+                             f"((image_size {self.image_size} / patch_size {self.patch_size})^2) or null, got {self.num_tokens}")
+        if math.isqrt(self.num_tokens) ** 2 != self.num_tokens:
+            raise ValueError(f"num_tokens must be a perfect square (tokens fold into an r x r grid), got {self.num_tokens}")
         for w, h, name in ((self.width, self.heads, "width/heads"), (self.pred_width, self.pred_heads, "pred_width/pred_heads")):
             if w % h:
                 raise ValueError(f"{name} = {w}/{h} must be an integer")
@@ -81,6 +82,11 @@ class JEPAConfig:
     def latent_shape(self) -> tuple[int, int, int]:
         r = math.isqrt(self.num_tokens)
         return (self.embed_dim, r, r)
+
+
+def _check_positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"JEPAConfig.{name} must be an int >= 1, got {value!r}")
 
 
 # -- SIGReg ------------------------------------------------------------------------------
@@ -175,8 +181,7 @@ class Encoder(nn.Module):
     """ViT: patchify, K learned summary tokens (CLS for K=1) + patch tokens, blocks, final
     LayerNorm, then a BatchNorm MLP projector (as LeWorldModel) of the summary tokens, or with
     ``tokens="patches"`` of the patch tokens themselves: a spatial latent, each token tied to
-    its place in the frame. The hidden BatchNorm keeps the
-    batch spread at O(1) from the first step: near collapse SIGReg's pull is second order
+    its place in the frame. The hidden BatchNorm keeps the batch spread at O(1) from the first step: near collapse SIGReg's pull is second order
     (measured: 16 px Wall frames, whose CLS outputs start ~0.002 apart, stayed collapsed for
     600 SIGReg-only steps without it). Eval mode uses its running statistics."""
 
