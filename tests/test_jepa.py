@@ -247,22 +247,14 @@ def test_recipes_build_the_pusht_model_with_its_probe(recipe):
 def test_layout_recipes_build_a_layout_probe_for_their_env(recipe):
     from wmplan.train_jepa import _complete_model_config, _pose_env
 
+    from wmplan.envs import make
+
     cfg = compose_config("train_jepa", [f"jepa_recipe={recipe}"])
     info = {"resolution": cfg.env.resolution, "action_dim": 4, "proprio_dim": 2, "env_id": cfg.env.id,
-            "state_dim": _pose_env_state_dim(cfg.env.id)}
+            "state_dim": len(make(cfg.env.id).unwrapped.get_state())}
     model = _complete_model_config(OmegaConf.to_container(cfg.model, resolve=True), info, cfg.env.frameskip,
                                    _pose_env(info)[1])
     assert cfg.env.name == recipe and model.probe_dim == 512 and model.history == 1 and model.patch_size == 16
-
-
-def _pose_env_state_dim(env_id: str) -> int:
-    from wmplan.envs import make
-
-    env = make(env_id)
-    try:
-        return len(env.reset(seed=0)[1]["state"])
-    finally:
-        env.close()
 
 
 def test_cli_reports_bad_input_in_one_line(tmp_path, capsys, monkeypatch):
