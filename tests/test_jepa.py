@@ -588,6 +588,46 @@ def test_probe_jepa_plans_with_the_pose_cost_and_others_are_refused(probe_jepa_f
         evaluate(plan_config(str(checkpoint), tmp_path / "nanowm", "objective=pose_probe"))
 
 
+def test_an_ensemble_joins_its_members_and_averages_their_pose_costs(probe_jepa_folder, jepa_folder, pusht_data,
+                                                                      tmp_path):
+    """world_model=jepa:A+B: each member rolls every candidate out from its own slice of the
+    context; latents and proprio are concatenated, the pose cost is the mean of the members'."""
+    from wmplan.envs.pusht import PushTEnv
+    from wmplan.jepa_world_model import JEPAEnsemble, load_jepa_world_model
+    from wmplan.planners.objectives import PoseCost
+
+    folder, _ = probe_jepa_folder
+    model, config = load_jepa(folder)  # a second member: the same architecture, other weights
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.1 * torch.randn_like(param))
+    other = tmp_path / "other"
+    save_jepa(model, other, {k: v for k, v in config.items() if k not in ("format", "model")})
+    ensemble = load_jepa_world_model(f"jepa:{folder}+{other}", precision="fp32")
+    members = [JEPAWorldModel.from_folder(f, precision="fp32") for f in (folder, other)]
+    assert isinstance(ensemble, JEPAEnsemble) and ensemble.uses_proprio and ensemble.has_pose_probe
+    _, enc, _, actions, pred = two_frame_rollout(ensemble, pusht_data)
+    alone = [two_frame_rollout(member, pusht_data) for member in members]
+    for key, dim in (("latents", -3), ("proprio", -1)):
+        torch.testing.assert_close(enc[key], torch.cat([a[1][key] for a in alone], dim=dim))
+        torch.testing.assert_close(pred[key], torch.cat([a[4][key] for a in alone], dim=dim))
+    assert not torch.allclose(alone[0][4]["pose"], alone[1][4]["pose"])  # the members disagree
+    torch.testing.assert_close(pred["pose"], (alone[0][4]["pose"] + alone[1][4]["pose"]) / 2)
+    clip = ClipDataset(pusht_data, 4, 5, "val", 0.3)[0]
+    goal_obs = {"pixels": clip["pixels"][3:], "proprio": clip["proprio"][3:]}
+    cost = PoseCost(PushTEnv().pose_cost)
+    member_costs = [cost(a[4], m.encode(goal_obs), actions) for a, m in zip(alone, members)]
+    torch.testing.assert_close(cost(pred, ensemble.encode(goal_obs), actions), (member_costs[0] + member_costs[1]) / 2)
+    results = evaluate(plan_config(f"jepa:{folder}+{other}", tmp_path / "plan", "env=pusht", "objective=pose_probe"))
+    assert results["checkpoint"]["sha256"] == "+".join(m.checkpoint_hash for m in members)
+    assert f"pusht {folder.name}+{other.name}:" in results["summary"]
+    with pytest.raises(ValueError, match="names an empty folder: separate ensemble members with one '\\+'"):
+        load_jepa_world_model(f"jepa:{folder}++{other}")
+    with pytest.raises(ValueError, match="ensemble member 1 has has_pose_probe=False, member 0 has True"):
+        load_jepa_world_model(f"jepa:{folder}+{jepa_folder[0]}")
+
+
 def test_a_pose_probe_needs_an_env_with_pose_features(wall_data, tmp_path):
     with pytest.raises(ValueError, match="model.probe_dim: WallEnv defines no pose features"):
         train_jepa(wall_data, tmp_path / "m", {**TINY, "probe_dim": None}, tiny_training(steps=1), ENV)

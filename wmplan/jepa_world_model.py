@@ -17,6 +17,10 @@ given the planning env's ``pose_from_proprio``, the features the proprio carries
 the agent's xy) come from the observed or predicted proprio instead of the probe.
 ``rollout(context, actions)`` is ``WorldModel.rollout``'s contract, so the diagnostics
 (``wmplan.diagnostics.action_sensitivity``) measure it as they measure a NanoWM.
+
+``world_model=jepa:<folder>+<folder>+...`` plans with an ensemble (``JEPAEnsemble``, as PETS
+ensembles its dynamics models): every member predicts every candidate, and a pose objective
+averages the members' costs, so a push one model alone misjudges is not chosen on its word.
 """
 
 from __future__ import annotations
@@ -33,6 +37,18 @@ from wmplan.models.jepa import WEIGHTS_FILE, JEPA, latents_to_tokens, load_jepa,
 from wmplan.planners.base import Goal, Prediction, RolloutFn
 
 PREFIX = "jepa:"
+ENSEMBLE_SEPARATOR = "+"
+
+
+def load_jepa_world_model(spec: str | Path, precision: str = "auto",
+                          pose_from_proprio: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None):
+    """``jepa:<folder>`` -> a ``JEPAWorldModel``; ``jepa:<folder>+<folder>+...`` -> a ``JEPAEnsemble``."""
+    spec = str(spec)
+    folders = (spec[len(PREFIX):] if spec.startswith(PREFIX) else spec).split(ENSEMBLE_SEPARATOR)
+    if any(not folder for folder in folders):
+        raise ValueError(f"world_model={spec!r} names an empty folder: separate ensemble members with one '+'")
+    members = [JEPAWorldModel.from_folder(folder, precision, pose_from_proprio) for folder in folders]
+    return members[0] if len(members) == 1 else JEPAEnsemble(members)
 
 
 class JEPAWorldModel:
@@ -170,6 +186,68 @@ class JEPAWorldModel:
             return pose
         raw = proprio.reshape(*pose.shape[:-1], -1) * self.model.proprio_std + self.model.proprio_mean
         return self.pose_from_proprio(pose, raw)
+
+
+class JEPAEnsemble:
+    """Several JEPAs planning as one world model: each member encodes and rolls out every
+    candidate; their latents and proprio are concatenated over channels (each member's slice
+    goes back to it), and ``pose`` is the members' mean, with ``pose_members [M, ...]`` beside it
+    for ``PoseCost``, which averages the members' costs (each against its own reading of the goal).
+    The planners sample actions in the first member's data units (``action_std``)."""
+
+    sampler = None
+
+    def __init__(self, members: list[JEPAWorldModel]):
+        first = members[0]
+        for i, member in enumerate(members[1:], 1):
+            for name in ("history", "action_dim", "has_pose_probe", "env_id", "frameskip", "resolution"):
+                if getattr(member, name) != getattr(first, name):
+                    raise ValueError(f"ensemble member {i} has {name}={getattr(member, name)}, "
+                                     f"member 0 has {getattr(first, name)}: members must agree")
+        self.members = members
+        self.history = self.context_frames = first.history
+        self.action_dim, self.action_std, self.precision = first.action_dim, first.action_std, first.precision
+        self.env_id, self.frameskip, self.resolution = first.env_id, first.frameskip, first.resolution
+        self.has_pose_probe = first.has_pose_probe
+        self.uses_proprio = any(m.uses_proprio for m in members)
+        self.checkpoint_hash = ENSEMBLE_SEPARATOR.join(m.checkpoint_hash for m in members)
+        self.channels = [m.model.cfg.embed_dim for m in members]  # each member's slice of the latents
+        self.proprio_dims = [m.model.cfg.proprio_dim if m.uses_proprio else 0 for m in members]
+
+    def check_env(self, env_id: str, frameskip: int, resolution: int) -> None:
+        """``JEPAWorldModel.check_env`` (all members agree on the env: checked when built)."""
+        self.members[0].check_env(env_id, frameskip, resolution)
+
+    def encode(self, obs: dict[str, Any]) -> Goal:
+        """``JEPAWorldModel.encode`` of every member, joined (``_join``)."""
+        return self._join([member.encode(obs) for member in self.members])
+
+    def make_rollout_fn(self, context: dict[str, Any]) -> RolloutFn:
+        """Each member's rollout from its slice of ``context``; predictions joined (``_join``)."""
+        latents = torch.split(context["latents"], self.channels, dim=-3)  # M x [B, T, D_m, r, r]
+        proprio = context.get("proprio")
+        proprio = [None] * len(self.members) if proprio is None else torch.split(proprio, self.proprio_dims, dim=-1)
+        rollouts = [m.make_rollout_fn({**context, "latents": z, "proprio": p if m.uses_proprio else None})
+                    for m, z, p in zip(self.members, latents, proprio)]
+
+        def rollout(actions: torch.Tensor) -> Prediction:
+            return self._join([member_rollout(actions) for member_rollout in rollouts])
+
+        return rollout
+
+    rollout = JEPAWorldModel.rollout  # WorldModel.rollout's contract, built on make_rollout_fn as a member's
+
+    def _join(self, outputs: list[dict]) -> dict:
+        """Members' outputs -> latents and proprio concatenated over channels, ``pose`` averaged
+        and ``pose_members`` stacked ``[M, ...]`` (None without probes)."""
+        if len({o["latents"].shape[-2:] for o in outputs}) > 1:
+            raise ValueError("ensemble members must share their token layout (num_tokens), got latents "
+                             f"{[list(o['latents'].shape[-3:]) for o in outputs]}")
+        proprio = [o["proprio"] for o in outputs if o["proprio"] is not None]
+        pose = torch.stack([o["pose"] for o in outputs]) if self.has_pose_probe else None  # [M, ...]
+        return {"latents": torch.cat([o["latents"] for o in outputs], dim=-3),
+                "proprio": torch.cat(proprio, dim=-1) if proprio else None,
+                "pose": None if pose is None else pose.mean(0), "pose_members": pose}
 
 
 def _sha256(path: Path, chunk: int = 1 << 20) -> str:

@@ -101,9 +101,9 @@ def model_and_objective(cfg: DictConfig, env) -> tuple[Any, Any, Any, Any]:
 
 def jepa_model_and_objective(cfg: DictConfig, env) -> tuple[Any, Any, Any, Any]:
     """``world_model=jepa:<folder>``: a folder written by ``wmplan-train-jepa``, checked against the env."""
-    from wmplan.jepa_world_model import JEPAWorldModel
+    from wmplan.jepa_world_model import load_jepa_world_model
 
-    wm = JEPAWorldModel.from_folder(cfg.world_model, precision=cfg.precision, pose_from_proprio=env.unwrapped.pose_from_proprio)
+    wm = load_jepa_world_model(cfg.world_model, precision=cfg.precision, pose_from_proprio=env.unwrapped.pose_from_proprio)
     if cfg.objective.get("proprio_weight", 0) > 0 and not wm.uses_proprio:
         raise ValueError(f"{cfg.world_model} predicts no proprio (trained with model.proprio_dim=0): "
                          "set objective.proprio_weight=0 (e.g. objective=dino_wm_maze)")
@@ -195,7 +195,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     videos = dict(zip((r.episode for r in shown), save_videos(shown, out_dir / "videos", fmt=cfg.video_format)))
     if cfg.report:
         write_evaluation_report(out_dir / report_name(shard), results, videos)
-    label = f"{cfg.env.name} {Path(str(cfg.world_model)).name}" + ("" if shard is None else f" shard {cfg.episodes_shard}")
+    model_name = "+".join(Path(part).name for part in str(cfg.world_model).split("+"))  # an ensemble's members
+    label = f"{cfg.env.name} {model_name}" + ("" if shard is None else f" shard {cfg.episodes_shard}")
     results["summary"] = summary_line(results, label=label)
     env.close()
     return results

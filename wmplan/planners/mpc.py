@@ -327,7 +327,8 @@ def write_results(
     """Write results.json atomically (temp file + rename): summary, config, checkpoint,
     provenance (``wmplan.provenance``: commit, versions, machine, precision), episodes.
 
-    ``checkpoint_hash`` is the world model's (``WorldModel.checkpoint_hash``, a sha256).
+    ``checkpoint_hash`` is the world model's (``WorldModel.checkpoint_hash``, a sha256; an ensemble's
+    members' joined by "+").
     """
     rows = [r.to_json() for r in records]
     results = {

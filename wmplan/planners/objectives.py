@@ -169,7 +169,8 @@ class ProprioDistance:
 
 class PoseCost:
     """The env's ``pose_cost`` of predicted pose features [B, S, H, F] against the goal's [B, F],
-    weighted over frames: a pose probe's reading scored as the env scores success."""
+    weighted over frames: a pose probe's reading scored as the env scores success. An ensemble's
+    ``pose_members`` [M, B, S, H, F] and [M, B, F] are scored member by member and averaged."""
 
     def __init__(self, pose_cost: Callable[[Tensor, Tensor], Tensor], frames: Frames = "last"):
         self.pose_cost, self.frames = pose_cost, check_frames(frames)
@@ -181,7 +182,11 @@ class PoseCost:
                              "model.probe_dim); set pose_weight: 0")
         if p.dim() != 4 or g.dim() != 2 or p.shape[0] != g.shape[0] or p.shape[-1] != g.shape[-1]:
             raise ValueError(f"pose shapes {tuple(p.shape)} vs goal {tuple(g.shape)}; expected [B,S,H,F] and [B,F]")
-        per_frame = self.pose_cost(p, g[:, None, None].to(p))  # [B, S, H]
+        members, goal_members = pred.get("pose_members"), goal.get("pose_members")
+        if members is not None and goal_members is not None:  # an ensemble: the mean of its members' costs
+            per_frame = self.pose_cost(members, goal_members[:, :, None, None].to(members)).mean(0)  # [B, S, H]
+        else:
+            per_frame = self.pose_cost(p, g[:, None, None].to(p))  # [B, S, H]
         return weighted_over_frames(per_frame, frame_weights(self.frames, p.shape[2], p.device))
 
 
