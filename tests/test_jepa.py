@@ -3,6 +3,7 @@ folder, the `jepa` codec under NanoWM, and the predictor planning through wmplan
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -624,8 +625,12 @@ def test_an_ensemble_joins_its_members_and_averages_their_pose_costs(probe_jepa_
     assert f"pusht {folder.name}+{other.name}:" in results["summary"]
     with pytest.raises(ValueError, match="names an empty folder: separate ensemble members with one '\\+'"):
         load_jepa_world_model(f"jepa:{folder}++{other}")
-    with pytest.raises(ValueError, match="ensemble member 1 has has_pose_probe=False, member 0 has True"):
+    with pytest.raises(ValueError, match="ensemble member 1 has env_id=wmplan/Wall-v0, member 0 has wmplan/PushT-v0"):
         load_jepa_world_model(f"jepa:{folder}+{jepa_folder[0]}")
+    four_tokens = JEPA(dataclasses.replace(model.cfg, num_tokens=4))  # a member with another token layout
+    save_jepa(four_tokens, tmp_path / "four", {k: v for k, v in config.items() if k not in ("format", "model")})
+    with pytest.raises(ValueError, match="ensemble member 1 has num_tokens=4, member 0 has 1"):
+        load_jepa_world_model(f"jepa:{folder}+{tmp_path / 'four'}")
 
 
 def test_a_pose_probe_needs_an_env_with_pose_features(wall_data, tmp_path):

@@ -200,10 +200,9 @@ class JEPAEnsemble:
     def __init__(self, members: list[JEPAWorldModel]):
         first = members[0]
         for i, member in enumerate(members[1:], 1):
-            for name in ("history", "action_dim", "has_pose_probe", "env_id", "frameskip", "resolution"):
-                if getattr(member, name) != getattr(first, name):
-                    raise ValueError(f"ensemble member {i} has {name}={getattr(member, name)}, "
-                                     f"member 0 has {getattr(first, name)}: members must agree")
+            for name, value, value_0 in _shared_settings(member, first):
+                if value != value_0:
+                    raise ValueError(f"ensemble member {i} has {name}={value}, member 0 has {value_0}: members must agree")
         self.members = members
         self.history = self.context_frames = first.history
         self.action_dim, self.action_std, self.precision = first.action_dim, first.action_std, first.precision
@@ -240,14 +239,19 @@ class JEPAEnsemble:
     def _join(self, outputs: list[dict]) -> dict:
         """Members' outputs -> latents and proprio concatenated over channels, ``pose`` averaged
         and ``pose_members`` stacked ``[M, ...]`` (None without probes)."""
-        if len({o["latents"].shape[-2:] for o in outputs}) > 1:
-            raise ValueError("ensemble members must share their token layout (num_tokens), got latents "
-                             f"{[list(o['latents'].shape[-3:]) for o in outputs]}")
         proprio = [o["proprio"] for o in outputs if o["proprio"] is not None]
         pose = torch.stack([o["pose"] for o in outputs]) if self.has_pose_probe else None  # [M, ...]
         return {"latents": torch.cat([o["latents"] for o in outputs], dim=-3),
                 "proprio": torch.cat(proprio, dim=-1) if proprio else None,
                 "pose": None if pose is None else pose.mean(0), "pose_members": pose}
+
+
+def _shared_settings(member: JEPAWorldModel, first: JEPAWorldModel) -> list[tuple[str, Any, Any]]:
+    """(name, member's value, first member's value) of what ensemble members must share: the env,
+    the context, the action width, the probe and the token layout (latents are joined over channels)."""
+    names = ("env_id", "frameskip", "resolution", "history", "action_dim", "has_pose_probe")
+    return ([(name, getattr(member, name), getattr(first, name)) for name in names]
+            + [("num_tokens", member.model.cfg.num_tokens, first.model.cfg.num_tokens)])
 
 
 def _sha256(path: Path, chunk: int = 1 << 20) -> str:
