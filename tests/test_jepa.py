@@ -610,9 +610,12 @@ def test_an_ensemble_joins_its_members_and_averages_their_pose_costs(probe_jepa_
     assert isinstance(ensemble, JEPAEnsemble) and ensemble.uses_proprio and ensemble.has_pose_probe
     _, enc, _, actions, pred = two_frame_rollout(ensemble, pusht_data)
     alone = [two_frame_rollout(member, pusht_data) for member in members]
-    for key, dim in (("latents", -3), ("proprio", -1)):
-        torch.testing.assert_close(enc[key], torch.cat([a[1][key] for a in alone], dim=dim))
-        torch.testing.assert_close(pred[key], torch.cat([a[4][key] for a in alone], dim=dim))
+    def flat(outputs: list[dict]) -> torch.Tensor:  # members' latents, flattened and concatenated
+        return torch.cat([o["latents"].flatten(-3) for o in outputs], dim=-1)[..., None, None]
+
+    torch.testing.assert_close(enc["latents"], flat([a[1] for a in alone]))
+    torch.testing.assert_close(pred["latents"], flat([a[4] for a in alone]))
+    torch.testing.assert_close(pred["proprio"], torch.cat([a[4]["proprio"] for a in alone], dim=-1))
     assert not torch.allclose(alone[0][4]["pose"], alone[1][4]["pose"])  # the members disagree
     torch.testing.assert_close(pred["pose"], (alone[0][4]["pose"] + alone[1][4]["pose"]) / 2)
     clip = ClipDataset(pusht_data, 4, 5, "val", 0.3)[0]
@@ -627,10 +630,15 @@ def test_an_ensemble_joins_its_members_and_averages_their_pose_costs(probe_jepa_
         load_jepa_world_model(f"jepa:{folder}++{other}")
     with pytest.raises(ValueError, match="ensemble member 1 has env_id=wmplan/Wall-v0, member 0 has wmplan/PushT-v0"):
         load_jepa_world_model(f"jepa:{folder}+{jepa_folder[0]}")
-    four_tokens = JEPA(dataclasses.replace(model.cfg, num_tokens=4))  # a member with another token layout
+    # A member with another token layout (4 tokens: latents [16, 2, 2]) joins as a flat vector.
+    four_tokens = JEPA(dataclasses.replace(model.cfg, num_tokens=4))
     save_jepa(four_tokens, tmp_path / "four", {k: v for k, v in config.items() if k not in ("format", "model")})
-    with pytest.raises(ValueError, match="ensemble member 1 has num_tokens=4, member 0 has 1"):
-        load_jepa_world_model(f"jepa:{folder}+{tmp_path / 'four'}")
+    mixed = load_jepa_world_model(f"jepa:{folder}+{tmp_path / 'four'}", precision="fp32")
+    _, enc, _, actions, pred = two_frame_rollout(mixed, pusht_data)
+    parts = [two_frame_rollout(member, pusht_data) for member in mixed.members]
+    assert parts[1][4]["latents"].shape[-3:] == (16, 2, 2) and enc["latents"].shape == (2, 16 + 64, 1, 1)
+    torch.testing.assert_close(pred["latents"], flat([p[4] for p in parts]))
+    torch.testing.assert_close(pred["pose"], (parts[0][4]["pose"] + parts[1][4]["pose"]) / 2)
 
 
 def test_a_pose_probe_needs_an_env_with_pose_features(wall_data, tmp_path):

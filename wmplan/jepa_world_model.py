@@ -26,6 +26,7 @@ averages the members' costs, so a push one model alone misjudges is not chosen o
 from __future__ import annotations
 
 import hashlib
+import math
 from pathlib import Path
 from typing import Any, Callable
 
@@ -190,10 +191,12 @@ class JEPAWorldModel:
 
 class JEPAEnsemble:
     """Several JEPAs planning as one world model: each member encodes and rolls out every
-    candidate; their latents and proprio are concatenated over channels (each member's slice
-    goes back to it), and ``pose`` is the members' mean, with ``pose_members [M, ...]`` beside it
-    for ``PoseCost``, which averages the members' costs (each against its own reading of the goal).
-    The planners sample actions in the first member's data units (``action_std``)."""
+    candidate. Their latents are flattened and concatenated, ``[..., sum_m D_m K_m, 1, 1]``, so
+    members with other token layouts (summary or patch tokens) join; their proprio is
+    concatenated too, and each member gets its own slices back. ``pose`` is the members' mean,
+    with ``pose_members [M, ...]`` beside it for ``PoseCost``, which averages the members' costs
+    (each against its own reading of the goal). The planners sample actions in the first
+    member's data units (``action_std``)."""
 
     sampler = None
 
@@ -210,7 +213,7 @@ class JEPAEnsemble:
         self.has_pose_probe = first.has_pose_probe
         self.uses_proprio = any(m.uses_proprio for m in members)
         self.checkpoint_hash = ENSEMBLE_SEPARATOR.join(m.checkpoint_hash for m in members)
-        self.channels = [m.model.cfg.embed_dim for m in members]  # each member's slice of the latents
+        self.latent_shapes = [m.model.cfg.latent_shape for m in members]  # [D, r, r] each
         self.proprio_dims = [m.model.cfg.proprio_dim if m.uses_proprio else 0 for m in members]
 
     def check_env(self, env_id: str, frameskip: int, resolution: int) -> None:
@@ -223,7 +226,9 @@ class JEPAEnsemble:
 
     def make_rollout_fn(self, context: dict[str, Any]) -> RolloutFn:
         """Each member's rollout from its slice of ``context``; predictions joined (``_join``)."""
-        latents = torch.split(context["latents"], self.channels, dim=-3)  # M x [B, T, D_m, r, r]
+        flat = context["latents"][..., 0, 0]  # [B, T, sum D_m K_m]
+        latents = [z.unflatten(-1, shape) for z, shape in  # M x [B, T, D_m, r_m, r_m]
+                   zip(torch.split(flat, [math.prod(shape) for shape in self.latent_shapes], dim=-1), self.latent_shapes)]
         proprio = context.get("proprio")
         proprio = [None] * len(self.members) if proprio is None else torch.split(proprio, self.proprio_dims, dim=-1)
         rollouts = [m.make_rollout_fn({**context, "latents": z, "proprio": p if m.uses_proprio else None})
@@ -237,21 +242,22 @@ class JEPAEnsemble:
     rollout = JEPAWorldModel.rollout  # WorldModel.rollout's contract, built on make_rollout_fn as a member's
 
     def _join(self, outputs: list[dict]) -> dict:
-        """Members' outputs -> latents and proprio concatenated over channels, ``pose`` averaged
-        and ``pose_members`` stacked ``[M, ...]`` (None without probes)."""
+        """Members' outputs -> latents flattened and concatenated ``[..., sum D_m K_m, 1, 1]``,
+        proprio concatenated, ``pose`` averaged and ``pose_members`` stacked ``[M, ...]`` (None
+        without probes)."""
         proprio = [o["proprio"] for o in outputs if o["proprio"] is not None]
         pose = torch.stack([o["pose"] for o in outputs]) if self.has_pose_probe else None  # [M, ...]
-        return {"latents": torch.cat([o["latents"] for o in outputs], dim=-3),
+        latents = torch.cat([o["latents"].flatten(-3) for o in outputs], dim=-1)  # [..., sum D_m K_m]
+        return {"latents": latents[..., None, None],
                 "proprio": torch.cat(proprio, dim=-1) if proprio else None,
                 "pose": None if pose is None else pose.mean(0), "pose_members": pose}
 
 
 def _shared_settings(member: JEPAWorldModel, first: JEPAWorldModel) -> list[tuple[str, Any, Any]]:
     """(name, member's value, first member's value) of what ensemble members must share: the env,
-    the context, the action width, the probe and the token layout (latents are joined over channels)."""
+    the context, the action width and the probe."""
     names = ("env_id", "frameskip", "resolution", "history", "action_dim", "has_pose_probe")
-    return ([(name, getattr(member, name), getattr(first, name)) for name in names]
-            + [("num_tokens", member.model.cfg.num_tokens, first.model.cfg.num_tokens)])
+    return [(name, getattr(member, name), getattr(first, name)) for name in names]
 
 
 def _sha256(path: Path, chunk: int = 1 << 20) -> str:
