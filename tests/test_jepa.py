@@ -610,6 +610,7 @@ def test_an_ensemble_joins_its_members_and_averages_their_pose_costs(probe_jepa_
     assert isinstance(ensemble, JEPAEnsemble) and ensemble.uses_proprio and ensemble.has_pose_probe
     _, enc, _, actions, pred = two_frame_rollout(ensemble, pusht_data)
     alone = [two_frame_rollout(member, pusht_data) for member in members]
+
     def flat(outputs: list[dict]) -> torch.Tensor:  # members' latents, flattened and concatenated
         return torch.cat([o["latents"].flatten(-3) for o in outputs], dim=-1)[..., None, None]
 

@@ -181,9 +181,10 @@ class Encoder(nn.Module):
     """ViT: patchify, K learned summary tokens (CLS for K=1) + patch tokens, blocks, final
     LayerNorm, then a BatchNorm MLP projector (as LeWorldModel) of the summary tokens, or with
     ``tokens="patches"`` of the patch tokens themselves: a spatial latent, each token tied to
-    its place in the frame. The hidden BatchNorm keeps the batch spread at O(1) from the first step: near collapse SIGReg's pull is second order
-    (measured: 16 px Wall frames, whose CLS outputs start ~0.002 apart, stayed collapsed for
-    600 SIGReg-only steps without it). Eval mode uses its running statistics."""
+    its place in the frame. The hidden BatchNorm keeps the batch spread at O(1) from the first
+    step: near collapse SIGReg's pull is second order (measured: 16 px Wall frames, whose CLS
+    outputs start ~0.002 apart, stayed collapsed for 600 SIGReg-only steps without it). Eval
+    mode uses its running statistics."""
 
     def __init__(self, cfg: JEPAConfig):
         super().__init__()

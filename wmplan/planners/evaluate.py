@@ -25,6 +25,7 @@ from wmplan.cli import check_numbers, reports_user_errors
 from wmplan.config_dir import CONFIG_DIR as _CONFIG_DIR
 from wmplan.envs import make
 from wmplan.hardware import tune_cpu_allocator
+from wmplan.jepa_world_model import ENSEMBLE_SEPARATOR, PREFIX as JEPA_PREFIX, load_jepa_world_model
 from wmplan.planners import build_objective, build_planner
 from wmplan.planners.base import GaussianPlanner
 from wmplan.planners.mpc import plan_horizons, run_mpc, sample_episodes, save_videos, summary_line, write_results
@@ -86,7 +87,7 @@ def model_and_objective(cfg: DictConfig, env) -> tuple[Any, Any, Any, Any]:
     if cfg.world_model in BASELINES:
         oracle = OracleModel(env)
         return oracle.encode, oracle.make_rollout_fn, EnvDistance(env), None
-    if str(cfg.world_model).startswith("jepa:"):  # a JEPA folder's own predictor (wmplan.jepa_world_model)
+    if str(cfg.world_model).startswith(JEPA_PREFIX):  # a JEPA folder's own predictor (wmplan.jepa_world_model)
         return jepa_model_and_objective(cfg, env)
     wm = checked_world_model(cfg)
 
@@ -101,8 +102,6 @@ def model_and_objective(cfg: DictConfig, env) -> tuple[Any, Any, Any, Any]:
 
 def jepa_model_and_objective(cfg: DictConfig, env) -> tuple[Any, Any, Any, Any]:
     """``world_model=jepa:<folder>``: a folder written by ``wmplan-train-jepa``, checked against the env."""
-    from wmplan.jepa_world_model import load_jepa_world_model
-
     wm = load_jepa_world_model(cfg.world_model, precision=cfg.precision, pose_from_proprio=env.unwrapped.pose_from_proprio)
     if cfg.objective.get("proprio_weight", 0) > 0 and not wm.uses_proprio:
         raise ValueError(f"{cfg.world_model} predicts no proprio (trained with model.proprio_dim=0): "
@@ -195,7 +194,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     videos = dict(zip((r.episode for r in shown), save_videos(shown, out_dir / "videos", fmt=cfg.video_format)))
     if cfg.report:
         write_evaluation_report(out_dir / report_name(shard), results, videos)
-    model_name = "+".join(Path(part).name for part in str(cfg.world_model).split("+"))  # an ensemble's members
+    model_name = ENSEMBLE_SEPARATOR.join(Path(part).name for part in str(cfg.world_model).split(ENSEMBLE_SEPARATOR))
     label = f"{cfg.env.name} {model_name}" + ("" if shard is None else f" shard {cfg.episodes_shard}")
     results["summary"] = summary_line(results, label=label)
     env.close()
