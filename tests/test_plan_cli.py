@@ -20,6 +20,8 @@ import wmplan
 from wmplan.envs import make
 from wmplan.hardware import cpu_name, resolve_precision
 from wmplan.planners import build_planner
+from wmplan.planners.compare import main as compare_main
+from wmplan.planners.compare import paired_difference
 from wmplan.planners.evaluate import evaluate, model_and_objective
 from wmplan.planners.mpc import episode_video, make_context, obs_batch, observe, run_mpc, sample_episodes
 from wmplan.planners.shards import merge_shards
@@ -118,6 +120,32 @@ def test_all_runs_share_episodes_and_oracle_beats_random(runs):
     assert runs["oracle"][0]["mean_final_distance"] < runs["random"][0]["mean_final_distance"]
     actions = {name: res["records"][0]["actions"] for name, (res, _) in runs.items()}
     assert actions["oracle"] != actions["random"] and actions["checkpoint"] != actions["random"]
+
+
+def test_paired_comparison_of_two_runs_on_the_same_episodes(runs, tmp_path, capsys):
+    """wmplan-compare: B - A per episode, a seeded bootstrap interval, and a refusal to pair
+    runs that planned different episodes."""
+    (oracle, oracle_dir), (random, random_dir) = runs["oracle"], runs["random"]
+    result = paired_difference(oracle, random, resamples=2000, seed=3)
+    diff = np.array([b["final_distance"] - a["final_distance"] for a, b in zip(oracle["records"], random["records"])])
+    assert result["difference"] == pytest.approx(diff.mean()) and result["episodes"] == EPISODES
+    assert result["mean_b"] - result["mean_a"] == pytest.approx(diff.mean())
+    low, high = result["ci95"]
+    assert diff.min() <= low <= diff.mean() <= high <= diff.max()  # bootstrap means lie within the episodes' range
+    assert (result["b_lower"], result["b_higher"], result["level"]) == ((diff < 0).sum(), (diff > 0).sum(), (diff == 0).sum())
+    assert paired_difference(oracle, random, resamples=2000, seed=3) == result  # seeded
+    same = paired_difference(oracle, oracle, metric="success")
+    assert same["ci95"] == [0.0, 0.0] and same["level"] == EPISODES
+    compare_main([str(oracle_dir), str(random_dir / "results.json"), "--json", "--resamples", "2000", "--seed", "3"])
+    assert json.loads(capsys.readouterr().out) == result
+    other = evaluate(plan_config("random", tmp_path, "seed=6"))
+    with pytest.raises(ValueError, match="episode 0 has another start_state in each run .seeds 5 and 6."):
+        paired_difference(oracle, other)
+    with pytest.raises(ValueError, match="metric must be one of"):
+        paired_difference(oracle, random, metric="reward")
+    with pytest.raises(SystemExit) as stop:
+        compare_main([str(oracle_dir), str(tmp_path / "missing")])
+    assert stop.value.code == 2 and "wmplan-compare: error: no wmplan-plan results at" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name", ["oracle", "checkpoint"])
