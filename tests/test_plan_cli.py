@@ -141,6 +141,8 @@ def test_paired_comparison_of_two_runs_on_the_same_episodes(runs, tmp_path, caps
     other = evaluate(plan_config("random", tmp_path, "seed=6"))
     with pytest.raises(ValueError, match="episode 0 has another start_state in each run .seeds 5 and 6."):
         paired_difference(oracle, other)
+    with pytest.raises(ValueError, match=f"different episodes: {EPISODES} and 2"):
+        paired_difference(oracle, {**random, "records": random["records"][:2]})
     with pytest.raises(ValueError, match="metric must be one of"):
         paired_difference(oracle, random, metric="reward")
     with pytest.raises(SystemExit) as stop:
