@@ -40,6 +40,8 @@ def check_same_episodes(a: dict[str, Any], b: dict[str, Any]) -> None:
     if envs[0] != envs[1]:
         raise ValueError(f"the runs planned different environments: {envs[0]} and {envs[1]}")
     ids = [[rec["episode"] for rec in r["records"]] for r in (a, b)]
+    if not ids[0] or not ids[1]:
+        raise ValueError(f"a run without episodes cannot be compared ({len(ids[0])} and {len(ids[1])} episodes)")
     if ids[0] != ids[1]:
         raise ValueError(f"the runs planned different episodes: {len(ids[0])} and {len(ids[1])} "
                          f"(first ids {ids[0][:3]} and {ids[1][:3]}); compare runs with the same `episodes`")
