@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.stats import bootstrap
 
 from wmplan.cli import reports_user_errors
 from wmplan.planners.shards import read_results
@@ -40,8 +41,8 @@ def check_same_episodes(a: dict[str, Any], b: dict[str, Any]) -> None:
     if envs[0] != envs[1]:
         raise ValueError(f"the runs planned different environments: {envs[0]} and {envs[1]}")
     ids = [[rec["episode"] for rec in r["records"]] for r in (a, b)]
-    if not ids[0] or not ids[1]:
-        raise ValueError(f"a run without episodes cannot be compared ({len(ids[0])} and {len(ids[1])} episodes)")
+    if min(len(ids[0]), len(ids[1])) < 2:
+        raise ValueError(f"a paired comparison needs 2 or more episodes per run, got {len(ids[0])} and {len(ids[1])}")
     if ids[0] != ids[1]:
         raise ValueError(f"the runs planned different episodes: {len(ids[0])} and {len(ids[1])} "
                          f"(first ids {ids[0][:3]} and {ids[1][:3]}); compare runs with the same `episodes`")
@@ -64,17 +65,15 @@ def paired_difference(a: dict[str, Any], b: dict[str, Any], metric: str = "final
     check_same_episodes(a, b)
     value_a, value_b = (np.array([float(rec[metric]) for rec in r["records"]]) for r in (a, b))  # [N]
     diff = value_b - value_a  # [N]
-    rng = np.random.default_rng(seed)
-    chunks = [min(1000, resamples - start) for start in range(0, resamples, 1000)]  # bounded memory
-    means = np.concatenate([diff[rng.integers(len(diff), size=(n, len(diff)))].mean(axis=1)
-                            for n in chunks])  # [resamples]
+    interval = bootstrap((diff,), np.mean, n_resamples=resamples, batch=1000, method="percentile",
+                         random_state=np.random.default_rng(seed)).confidence_interval
     return {
         "metric": metric,
         "episodes": len(diff),
         "mean_a": float(value_a.mean()),
         "mean_b": float(value_b.mean()),
         "difference": float(diff.mean()),
-        "ci95": [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))],
+        "ci95": [float(interval.low), float(interval.high)],
         "b_lower": int((diff < 0).sum()),
         "b_higher": int((diff > 0).sum()),
         "level": int((diff == 0).sum()),
