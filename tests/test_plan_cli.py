@@ -145,6 +145,9 @@ def test_paired_comparison_of_two_runs_on_the_same_episodes(runs, tmp_path, caps
         paired_difference(oracle, {**random, "records": random["records"][:2]})
     with pytest.raises(ValueError, match="needs 2 or more episodes per run, got 1 and 1"):
         paired_difference({**oracle, "records": oracle["records"][:1]}, {**random, "records": random["records"][:1]})
+    old = {**random, "records": [{k: v for k, v in r.items() if k != "goal_state"} for r in random["records"]]}
+    with pytest.raises(ValueError, match="the second run's records lack goal_state"):
+        paired_difference(oracle, old)
     with pytest.raises(ValueError, match="metric must be one of"):
         paired_difference(oracle, random, metric="reward")
     with pytest.raises(SystemExit) as stop:

@@ -37,6 +37,12 @@ def load_results(path: str | Path) -> dict[str, Any]:
 
 def check_same_episodes(a: dict[str, Any], b: dict[str, Any]) -> None:
     """Refuse two evaluations unless they planned the same episodes (env, starts and goals)."""
+    for name, results in (("first", a), ("second", b)):
+        for record in results["records"]:
+            missing = {"episode", "start_state", "goal_state"} - record.keys()
+            if missing:
+                raise ValueError(f"the {name} run's records lack {', '.join(sorted(missing))}: "
+                                 "written by an older wmplan-plan?")
     envs = [r["config"]["env"]["id"] for r in (a, b)]
     if envs[0] != envs[1]:
         raise ValueError(f"the runs planned different environments: {envs[0]} and {envs[1]}")
